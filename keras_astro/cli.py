@@ -1,0 +1,143 @@
+"""``keras-astro``: the command line. Thin: parses arguments and calls :mod:`keras_astro.studies`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("keras_astro")
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _add_common(p: argparse.ArgumentParser, *, out_required: bool = True, out_help: str = "output folder") -> None:
+    p.add_argument("--out", type=Path, required=out_required, help=out_help)
+    p.add_argument("--quick", action="store_true", help="short schedule on small data (minutes on 2 CPU cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-astro",
+        description="Keras 3 rebuilds of four astronomy deep-learning studies. Each subcommand has --help.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("reproduce", help="run every study on its embedded data and write report.md", description="Run the studies end to end on embedded data; writes DIR/report.md (paper beside ours), DIR/<study>/metrics.json, figures and exported models.")
+    p.add_argument("--out", type=Path, default=Path("keras_astro_run"), help="output folder (default: ./keras_astro_run)")
+    p.add_argument("--quick", action="store_true", help="all studies together in under 10 minutes on 2 CPU cores")
+    p.add_argument("--studies", type=_csv_list, default=None, help="comma-separated subset, e.g. agn (default: all available)")
+
+    p = sub.add_parser("info", help="show devices, the distribution strategy and versions", description="Print the devices TensorFlow sees, the strategy keras-astro would use and library versions.")
+
+    agn = sub.add_parser("agn", help="Chen et al. 2021: AGN recognition from 44-band photometry", description="AGN vs star-forming galaxy from 44-band NEPW photometry (Chen et al. 2021).")
+    asub = agn.add_subparsers(dest="agn_command", metavar="ACTION", required=True)
+
+    p = asub.add_parser("cv", help="10-fold cross-validation of preset A, B or C (Table 1)", description="Stratified 10-fold CV; writes DIR/metrics.json (agn_completeness, sfg_completeness, accuracy, roc_auc, folds), figures, and the first fold's SavedModel.")
+    p.add_argument("--preset", choices=["A", "B", "C"], default="B", help="hyper-parameters of Table 1 (default B)")
+    _add_common(p)
+    p.add_argument("--data", type=Path, default=None, help="labelled NEPW catalogue (FITS/CSV; default: embedded simulation)")
+    p.add_argument("--folds", type=int, default=None, help="number of folds (default 10)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs per fold (default 3000; quick 60)")
+    p.add_argument("--missing", choices=["zero", "band_median", "neighbour_median"], default=None, help="missing-band filling (Sec 2.2; default zero)")
+    p.add_argument("--batch-size", type=int, default=None, help="per-replica batch (default: the whole training fold)")
+    p.add_argument("--seed", type=int, default=None, help="seed of folds, initialisation and shuffling")
+    p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+
+    p = asub.add_parser("ablate", help="band-group removal experiment (Sec 4.3, Fig. 12)", description="Cross-validate with each wavelength group (FIR, MIR, NIR, optical, UV) removed.")
+    p.add_argument("--preset", choices=["A", "B", "C"], default="B")
+    _add_common(p)
+    p.add_argument("--data", type=Path, default=None, help="labelled NEPW catalogue (default: embedded simulation)")
+    p.add_argument("--groups", type=_csv_list, default=None, help="subset of FIR,MIR,NIR,optical,UV")
+    p.add_argument("--folds", type=int, default=None, help="number of folds (default 10)")
+
+    p = asub.add_parser("predict", help="classify a catalogue with several models and vote (Sec 4.1)", description="Run each model's SavedModel on CATALOG; writes FILE with each model's P(AGN), the vote, and FILE.summary.json.")
+    p.add_argument("catalog", type=Path, help="NEPW catalogue (FITS/CSV)")
+    p.add_argument("--models", type=Path, nargs="+", required=True, help="run folders of `agn cv` (or SavedModel folders)")
+    p.add_argument("--out", type=Path, required=True, help="output catalogue (.csv or .fits)")
+    p.add_argument("--threshold", type=float, default=0.5, help="P(AGN) above which a model votes AGN")
+
+    p = asub.add_parser("simulate", help="write the embedded simulated catalogues", description="Write the simulated labelled (1,870) and unlabelled (65,548) NEPW catalogues as FITS files.")
+    _add_common(p)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = asub.add_parser("fetch", help="download the NEPW band-merged catalogue from VizieR", description="Fetch Kim et al. 2021 (J/MNRAS/500/4078) with astroquery and write it in keras_astro's layout (needs a network).")
+    p.add_argument("--out", type=Path, required=True, help="output catalogue (.fits or .csv)")
+    p.add_argument("--row-limit", type=int, default=-1, help="at most this many rows (-1: all)")
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if verbose < 2 else "0")
+
+
+def _print(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _agn(args) -> int:
+    from keras_astro.studies import agn
+
+    progress = not args.no_progress
+    if args.agn_command == "cv":
+        overrides = {k: v for k, v in {"max_epochs": args.epochs, "missing_strategy": args.missing, "batch_size": args.batch_size, "seed": args.seed}.items() if v is not None}
+        m = agn.run_cv(args.preset, out=args.out, quick=args.quick, data=args.data, n_folds=args.folds, overrides=overrides, export=not args.no_export, progress=progress)
+        _print({k: m[k] for k in agn.METRICS} | {"folds": len(m["folds"]), "out": str(args.out)})
+    elif args.agn_command == "ablate":
+        m = agn.run_ablation(args.preset, out=args.out, quick=args.quick, data=args.data, groups=args.groups, n_folds=args.folds, progress=progress)
+        _print({g: round(v["roc_auc"], 4) for g, v in m["groups"].items()})
+    elif args.agn_command == "predict":
+        s = agn.predict_catalogue(args.catalog, args.models, out=args.out, threshold=args.threshold)
+        _print({k: s[k] for k in ("n_objects", "per_model", "vote_split", "agreement")})
+    elif args.agn_command == "simulate":
+        from keras_astro.simulate.photometry import ensure_embedded_catalogues
+
+        _print({k: str(v) for k, v in ensure_embedded_catalogues(args.out, quick=args.quick, seed=args.seed).items()})
+    elif args.agn_command == "fetch":
+        from keras_astro.io.vizier import NEPWVizierClient
+
+        client = NEPWVizierClient()
+        table = client.fetch(row_limit=args.row_limit)
+        client.save(table, args.out)
+        _print({"rows": len(table), "out": str(args.out)})
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        if args.command == "reproduce":
+            from keras_astro.studies.reproduce import reproduce
+
+            res = reproduce(args.out, quick=args.quick, studies=args.studies, progress=not args.no_progress)
+            _print({"report": str(args.out / "report.md"), "studies": res})
+        elif args.command == "info":
+            import tensorflow as tf
+
+            from keras_astro.distribute import describe_strategy, get_strategy
+            from keras_astro.studies.common import versions
+
+            _print({"devices": [d.name for d in tf.config.list_logical_devices()], "strategy": describe_strategy(get_strategy()), "versions": versions()})
+        elif args.command == "agn":
+            return _agn(args)
+    except (FileNotFoundError, ValueError, KeyError, ConnectionError, RuntimeError) as exc:
+        log.debug("error", exc_info=True)
+        sys.stderr.write(f"keras-astro: error: {exc}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Real data in and out: catalogue readers/writers and network clients."""

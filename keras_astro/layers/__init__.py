@@ -1,0 +1,5 @@
+"""Reusable, serializable Keras layers."""
+
+from keras_astro.layers.photometry import PhotometryImputer
+
+__all__ = ["PhotometryImputer"]

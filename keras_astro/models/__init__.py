@@ -1,0 +1,1 @@
+"""One module per study; each exposes ``build_<model>(config) -> keras.Model`` (Functional API)."""

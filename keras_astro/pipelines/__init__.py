@@ -1,0 +1,1 @@
+"""tf.data builders: arrays/files → shuffled, batched, cached, prefetched datasets."""

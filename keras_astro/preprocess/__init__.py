@@ -1,0 +1,1 @@
+"""Pure numpy/astropy transforms (no TensorFlow)."""
