@@ -1,6 +1,5 @@
 """Execute every notebook on tiny settings (KERAS_ASTRO_TINY=1)."""
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -23,7 +23,7 @@ import numpy as np
 from keras_astro import specs
 from keras_astro.io.nepw import CatalogueError, Photometry, load_photometry, read_catalogue, write_catalogue
 from keras_astro.metrics import classification_report, roc_curve
-from keras_astro.models.agn import AGNConfig, PRESETS
+from keras_astro.models.agn import PRESETS, AGNConfig
 from keras_astro.preprocess.photometry import MissingBandFiller, neighbour_index
 from keras_astro.studies import plots
 from keras_astro.studies.common import Timer, cache_dir, markdown_table, versions, write_json, write_text
