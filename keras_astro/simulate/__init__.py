@@ -1,0 +1,1 @@
+"""Embedded simulators that stand in for data that cannot be downloaded at run time."""
