@@ -104,11 +104,10 @@ def _agn(args) -> int:
 
         _print({k: str(v) for k, v in ensure_embedded_catalogues(args.out, quick=args.quick, seed=args.seed).items()})
     elif args.agn_command == "fetch":
-        from keras_astro.io.vizier import NEPWVizierClient
+        from keras_astro.io.vizier import NEPWVizierClient, save
 
-        client = NEPWVizierClient()
-        table = client.fetch(row_limit=args.row_limit)
-        client.save(table, args.out)
+        table = NEPWVizierClient().fetch(row_limit=args.row_limit)
+        save(table, args.out)
         _print({"rows": len(table), "out": str(args.out)})
     return 0
 

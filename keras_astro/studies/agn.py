@@ -246,7 +246,7 @@ def run_cv(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = AGNConfig.preset(preset, **({**QUICK} if quick else {}), **dict(overrides or {}))
+    cfg = AGNConfig.preset(preset, **{**(QUICK if quick else {}), **dict(overrides or {})})
     phot = load_labelled(data, quick=quick)
     with Timer() as t:
         res = cross_validate(phot, cfg, n_folds=n_folds, folds_to_run=folds_to_run, keep_models=export, strategy=strategy, progress=progress)
@@ -306,7 +306,7 @@ def run_ablation(
     ``figures/ablation_roc.png``.
     """
     out = Path(out)
-    cfg = AGNConfig.preset(preset, **({**QUICK} if quick else {}), **dict(overrides or {}))
+    cfg = AGNConfig.preset(preset, **{**(QUICK if quick else {}), **dict(overrides or {})})
     phot = load_labelled(data, quick=quick)
     all_groups = specs.band_groups()
     names = list(groups or all_groups)
