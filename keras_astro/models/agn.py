@@ -46,7 +46,8 @@ class AGNConfig:
     learning_rate
         Adam step size *(ours: Keras' default, the paper names Adam only)*.
     batch_size
-        Global batch size *(ours)*.
+        Per-replica batch size; ``None`` (default) trains full batch, one Adam step per epoch on
+        the whole training fold — our reading of Algorithm 1 (docs/fidelity.md).
     max_epochs
         Upper bound on epochs; Sec 3.1 reports the optimum at 1,500–3,000 epochs.
     start_from_epoch
@@ -69,7 +70,7 @@ class AGNConfig:
     N: float = float(_B["N"])
     delta: float = float(_B["delta"])
     learning_rate: float = 1e-3
-    batch_size: int = 128
+    batch_size: int | None = None
     max_epochs: int = 3000
     start_from_epoch: int = 0
     missing_strategy: str = "zero"

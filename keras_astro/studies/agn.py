@@ -36,7 +36,7 @@ METRICS = ("agn_completeness", "sfg_completeness", "accuracy", "roc_auc")
 
 #: Overrides of ``--quick`` runs: a short schedule that fits the 10-minute budget of
 #: ``keras-astro reproduce --quick`` on two CPU cores (docs/fidelity.md). Full runs use the paper's.
-QUICK = {"max_epochs": 60, "learning_rate": 1e-2, "start_from_epoch": 20}
+QUICK = {"max_epochs": 60, "batch_size": 128, "start_from_epoch": 20}
 
 
 # --------------------------------------------------------------------------------------- data
@@ -164,7 +164,7 @@ def cross_validate(
         x_va = prepare_inputs(phot.values[va], filler, removed_bands)
         keras.utils.set_random_seed(config.seed * 1000 + fold)
         with strategy.scope():
-            model = compile_agn_cnn(build_agn_cnn(config))
+            model = compile_agn_cnn(build_agn_cnn(config), config)
         stop = stopping_callback(config)
         batch = config.batch_size or len(tr)
         with Timer() as t:

@@ -79,6 +79,18 @@ def test_ablation_removes_the_group(tmp_path):
         agn.run_ablation("B", out=tmp_path, quick=True, groups=["X-ray"])
 
 
+def test_cross_validate_uses_the_configured_optimiser_and_loss():
+    from keras_astro.models.agn import AGNConfig
+
+    phot = agn.load_labelled(quick=True)
+    cfg = AGNConfig.preset("A", learning_rate=0.0123, max_epochs=1, alpha=0.9)
+    res = agn.cross_validate(phot, cfg, folds_to_run=[0], keep_models=True, progress=False)
+    model = res.models[0]
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0123)
+    assert model.loss.alpha == pytest.approx(0.9)
+    assert res.folds[0].epochs == 1 and len(res.folds[0].val_index) == 187
+
+
 def test_prepare_inputs_blanks_removed_bands(raw_photometry):
     filler = MissingBandFiller("zero")
     x = agn.prepare_inputs(np.nan_to_num(raw_photometry, nan=20.0), filler, removed_bands=[0, 43])
