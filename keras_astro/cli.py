@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--missing", choices=["zero", "band_median", "neighbour_median"], default=None, help="missing-band filling (Sec 2.2; default zero)")
     p.add_argument("--batch-size", type=int, default=None, help="per-replica batch (default: the whole training fold)")
     p.add_argument("--seed", type=int, default=None, help="seed of folds, initialisation and shuffling")
+    p.add_argument("--warmup", type=int, default=None, help="epochs before the Eq. 3 rule applies (default 0, as in the paper)")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
 
     p = asub.add_parser("ablate", help="band-group removal experiment (Sec 4.3, Fig. 12)", description="Cross-validate with each wavelength group (FIR, MIR, NIR, optical, UV) removed.")
@@ -90,7 +91,7 @@ def _agn(args) -> int:
 
     progress = not args.no_progress
     if args.agn_command == "cv":
-        overrides = {k: v for k, v in {"max_epochs": args.epochs, "missing_strategy": args.missing, "batch_size": args.batch_size, "seed": args.seed}.items() if v is not None}
+        overrides = {k: v for k, v in {"max_epochs": args.epochs, "missing_strategy": args.missing, "batch_size": args.batch_size, "seed": args.seed, "start_from_epoch": args.warmup}.items() if v is not None}
         m = agn.run_cv(args.preset, out=args.out, quick=args.quick, data=args.data, n_folds=args.folds, overrides=overrides, export=not args.no_export, progress=progress)
         _print({k: m[k] for k in agn.METRICS} | {"folds": len(m["folds"]), "out": str(args.out)})
     elif args.agn_command == "ablate":

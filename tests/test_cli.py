@@ -18,6 +18,11 @@ def test_reproduce_arguments():
     assert args.quick and args.studies == ["agn"] and str(args.out) == "x"
 
 
+def test_cv_options_map_to_config_fields():
+    args = build_parser().parse_args(["agn", "cv", "--out", "x", "--warmup", "1000", "--epochs", "2500", "--missing", "band_median"])
+    assert (args.warmup, args.epochs, args.missing, args.preset) == (1000, 2500, "band_median", "B")
+
+
 def test_cv_requires_out(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["agn", "cv", "--preset", "B"])
