@@ -277,7 +277,12 @@ def run_cv(
     # Fig. 8: per-fold ROC curves and the pooled out-of-fold curve.
     faint = [roc_curve(res.labels[f.val_index], f.scores)[:2] for f in res.folds]
     fpr, tpr, _ = roc_curve(res.labels[done], oof[done])
-    plots.roc_figure([(fpr, tpr, f"model {preset.upper()} (AUC {summary['roc_auc']:.3f})")], out / "figures" / "roc.png", title=f"{len(res.folds)}-fold CV ROC, model {preset.upper()}", faint=faint)
+    plots.roc_figure(
+        [(fpr, tpr, f"model {preset.upper()}: pooled out-of-fold scores (AUC {pooled['roc_auc']:.3f})")],
+        out / "figures" / "roc.png",
+        title=f"{len(res.folds)}-fold CV ROC, model {preset.upper()} (grey: single folds, mean AUC {summary['roc_auc']:.3f})",
+        faint=faint,
+    )
     f0 = res.folds[0]
     plots.history_figure(f0.history, out / "figures" / "history.png", title=f"model {preset.upper()}, fold {f0.fold + 1}", stopped=f0.stopped_epoch, best=f0.best_epoch)
     if export and res.models:
