@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 SPEC_DIR = Path(__file__).resolve().parent / "data_specs"
@@ -90,3 +91,31 @@ def nearest_group(wavelength_um: float) -> str:
         if d < best_d:
             best, best_d = name, d
     return best
+
+
+# --- spectral grids (data_specs/spectra.yaml) ----------------------------------------------------
+
+
+def spectral_grid(name: str) -> np.ndarray:
+    """Return the pixel-centre wavelengths (vacuum Å, float64) of a named grid of ``spectra.yaml``.
+
+    ``sdss`` is the SDSS coadd lattice (log10 λ step 1e-4), ``fnet`` FNet's 4,618 pixels over
+    360–1032.5 nm (Sec 3.1), ``thesis`` the thesis's 3,850.34–9,099.13 Å cut (Sec 4.2).
+    """
+
+    grids = load_spec("spectra")["grids"]
+    if name not in grids:
+        raise KeyError(f"unknown spectral grid {name!r}; data_specs/spectra.yaml defines {sorted(grids)}")
+    g = grids[name]
+    if g["kind"] == "lattice":
+        loglam = g["loglam0"] + g["dloglam"] * np.arange(g["n_pixels"], dtype=np.float64)
+    elif g["kind"] == "span":
+        loglam = np.linspace(np.log10(g["lambda_min"]), np.log10(g["lambda_max"]), g["n_pixels"])
+    else:
+        raise ValueError(f"grid {name!r}: unknown kind {g['kind']!r} (expected 'lattice' or 'span')")
+    return 10.0**loglam
+
+
+def spectral_lines() -> list[dict[str, Any]]:
+    """The 14 equivalent-width features of the thesis (Sec 4.2), as dicts from ``spectra.yaml``."""
+    return list(load_spec("spectra")["lines"])
