@@ -1,0 +1,629 @@
+"""Spectrum preprocessing: resampling, normalisation, smoothing, equivalent widths, line masks.
+
+Pure numpy (+ scipy's Gaussian filter), vectorised over spectra: every function takes a batch
+``(N, M)`` of spectra that share one wavelength grid (the layout of the HDF5 store), so a chunk of
+a thousand spectra costs a handful of array operations instead of a thousand Python iterations.
+
+* :func:`resample` — onto a log-λ grid of ``data_specs/spectra.yaml`` (FNet's 4,618 pixels over
+  360–1032.5 nm, the thesis's 3,850.34–9,099.13 Å cut, …). Masked pixels (ivar = 0, a bad
+  ``and_mask`` bit, or a non-finite flux) are linearly interpolated from their good neighbours;
+  target pixels outside the measured range take the nearest measured value (FNet's
+  "fitting and extrapolating"); both kinds are flagged.
+* :func:`fnet_normalise` — FNet Sec 3.1: zero mean, then unit L2 norm, per spectrum.
+* :class:`PixelStandardiser` — the thesis's per-pixel standardisation, fitted on the training
+  split only.
+* :func:`gaussian_smooth` — the σ = 4 px variant of the thesis's Table 6.
+* :func:`equivalent_widths` — thesis Sec 4.2, Eq. 1, for the 14 lines of ``spectra.yaml`` at each
+  object's redshift; NaN where a window falls outside the grid or is mostly masked.
+* :func:`line_mask` / :func:`mask_lines` — FNet Fig. 6: hide emission lines at their rest
+  wavelengths.
+* :func:`preprocess_store` — all of it, streamed chunk by chunk from one store into another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from keras_astro import specs
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SpectrumError",
+    "Resampled",
+    "bad_pixel_mask",
+    "resample",
+    "fnet_normalise",
+    "PixelStandardiser",
+    "gaussian_smooth",
+    "equivalent_widths",
+    "line_names",
+    "line_mask",
+    "mask_lines",
+    "preprocess_store",
+    "C_KMS",
+]
+
+C_KMS = 299_792.458
+
+
+class SpectrumError(ValueError):
+    """A spectrum cannot be preprocessed (all masked, no overlap with the grid, bad shape...)."""
+
+
+@dataclass
+class Resampled:
+    """Output of :func:`resample`.
+
+    Attributes
+    ----------
+    fluxes, ivar : (N, K) float32 on the target grid (ivar = 0 on flagged pixels).
+    flags : (N, K) uint8, 1 where the value was interpolated over a masked pixel or extrapolated.
+    good_rows : (N,) bool, False for spectra that could not be resampled (all pixels masked, or too
+        little overlap with the grid); their rows are zeros and fully flagged.
+    reasons : dict row → reason for every rejected row.
+    """
+
+    fluxes: np.ndarray
+    ivar: np.ndarray
+    flags: np.ndarray
+    good_rows: np.ndarray
+    reasons: dict[int, str]
+
+
+def _bad_mask_bits() -> int:
+    bits = specs.load_spec("spectra")["and_mask_bad_bits"]
+    return int(sum(1 << int(b) for b in bits.values()))
+
+
+def bad_pixel_mask(
+    fluxes: np.ndarray, ivar: np.ndarray | None = None, and_mask: np.ndarray | None = None
+) -> np.ndarray:
+    """True where a pixel is unusable: ivar ≤ 0, a bad ``and_mask`` bit, or a non-finite value."""
+    bad = ~np.isfinite(fluxes)
+    if ivar is not None:
+        bad |= ~(np.asarray(ivar) > 0)  # also catches NaN ivar
+    if and_mask is not None:
+        bad |= (np.asarray(and_mask).astype(np.int64) & _bad_mask_bits()) != 0
+    return bad
+
+
+def _as_batch(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise SpectrumError(f"{name} must be (N, M) or (M,), got shape {x.shape}")
+    return x
+
+
+def _grid(grid: str | np.ndarray) -> np.ndarray:
+    if isinstance(grid, str):
+        return specs.spectral_grid(grid)
+    g = np.asarray(grid, dtype=np.float64)
+    if g.ndim != 1 or g.size < 2 or not np.all(np.diff(g) > 0):
+        raise SpectrumError(f"target grid must be 1-D and strictly increasing, got shape {g.shape}")
+    return g
+
+
+def _fill_masked(f: np.ndarray, bad: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation over masked pixels, along rows, vectorised.
+
+    Returns the filled array and, per row, the first/last good pixel index (-1 if none).
+    """
+    n, m = f.shape
+    idx = np.arange(m)
+    good = ~bad
+    prev = np.where(good, idx, -1)
+    np.maximum.accumulate(prev, axis=1, out=prev)
+    nxt = np.where(good, idx, m)
+    nxt = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
+    first = np.where(good.any(axis=1), nxt[:, 0], -1)
+    last = np.where(good.any(axis=1), prev[:, -1], -1)
+    if not bad.any():
+        return f, first, last
+    rows = np.nonzero(bad)
+    p, q = prev[rows], nxt[rows]
+    has_p, has_q = p >= 0, q < m
+    p_c = np.clip(p, 0, m - 1)
+    q_c = np.clip(q, 0, m - 1)
+    fp = f[rows[0], p_c]
+    fq = f[rows[0], q_c]
+    xj = x[rows[1]]
+    both = has_p & has_q
+    denom = np.where(both, x[q_c] - x[p_c], 1.0)
+    t = np.where(both, (xj - x[p_c]) / denom, 0.0)
+    val = np.where(both, fp + t * (fq - fp), np.where(has_p, fp, np.where(has_q, fq, 0.0)))
+    out = f.copy()
+    out[rows] = val
+    return out, first, last
+
+
+def resample(
+    fluxes: np.ndarray,
+    wavelengths: np.ndarray,
+    grid: str | np.ndarray = "fnet",
+    *,
+    ivar: np.ndarray | None = None,
+    and_mask: np.ndarray | None = None,
+    min_coverage: float = 0.5,
+    on_bad: str = "skip",
+    source: str = "spectra",
+) -> Resampled:
+    """Resample spectra that share ``wavelengths`` onto a log-λ ``grid``.
+
+    Parameters
+    ----------
+    fluxes : (N, M) or (M,) array
+        Flux densities on ``wavelengths`` (Å).
+    wavelengths : (M,) array
+        Strictly increasing source wavelengths (Å).
+    grid : str or (K,) array
+        A grid name of ``data_specs/spectra.yaml`` (``fnet``, ``thesis``, ``sdss``) or wavelengths.
+    ivar, and_mask : (N, M) arrays, optional
+        Pixels with ivar ≤ 0 or a bad ``and_mask`` bit are treated as missing.
+    min_coverage : float
+        Minimum fraction of target pixels that must lie between a spectrum's first and last good
+        source pixel; below it the row is rejected (flux on the rest would be pure extrapolation).
+    on_bad : {"skip", "raise"}
+        Rejected rows are zeroed, flagged and reported in ``reasons`` (and logged), or raise
+        :class:`SpectrumError` naming ``source`` and the row.
+
+    Interpolation is linear in log λ; ivar is interpolated alike and set to 0 on flagged pixels.
+    """
+    if on_bad not in ("skip", "raise"):
+        raise ValueError(f"on_bad must be 'skip' or 'raise', got {on_bad!r}")
+    f = _as_batch(fluxes, "fluxes").astype(np.float64)
+    n, m = f.shape
+    wl = np.asarray(wavelengths, dtype=np.float64)
+    if wl.shape != (m,):
+        raise SpectrumError(f"{source}: wavelengths has shape {wl.shape}, fluxes has {m} pixels")
+    if not (np.all(np.isfinite(wl)) and np.all(np.diff(wl) > 0)):
+        raise SpectrumError(f"{source}: wavelengths must be finite and strictly increasing")
+    iv = None if ivar is None else _as_batch(ivar, "ivar").astype(np.float64)
+    if iv is not None and iv.shape != f.shape:
+        raise SpectrumError(f"{source}: ivar shape {iv.shape} differs from fluxes {f.shape}")
+    am = None if and_mask is None else _as_batch(and_mask, "and_mask")
+    if am is not None and am.shape != f.shape:
+        raise SpectrumError(f"{source}: and_mask shape {am.shape} differs from fluxes {f.shape}")
+    target = _grid(grid)
+    x = np.log10(wl)
+    xt = np.log10(target)
+
+    bad = bad_pixel_mask(f, iv, am)
+    f = np.where(bad, 0.0, f)
+    filled, first, last = _fill_masked(f, bad, x)
+    if iv is None:
+        iv_f = np.where(bad, 0.0, 1.0)
+    else:
+        iv_f = np.where(bad, 0.0, iv)
+
+    # shared interpolation weights (all rows live on the same source grid)
+    j = np.clip(np.searchsorted(x, xt, side="right") - 1, 0, m - 2)
+    w = np.clip((xt - x[j]) / (x[j + 1] - x[j]), 0.0, 1.0)
+    near0, near1 = w < 1e-9, w > 1.0 - 1e-9
+    if np.all(near0 | near1):  # target pixels sit on source pixels (e.g. thesis cut of the SDSS lattice)
+        src = np.where(near1, j + 1, j)
+        out = filled[:, src]
+        bad_t = bad[:, src]
+        iv_t = iv_f[:, src]
+    else:
+        out = filled[:, j] * (1.0 - w) + filled[:, j + 1] * w
+        bad_t = bad[:, j] | bad[:, j + 1]
+        iv_t = np.minimum(iv_f[:, j], iv_f[:, j + 1])
+    # outside a row's measured range: constant extrapolation, flagged
+    lo = np.where(first >= 0, x[np.clip(first, 0, m - 1)], np.inf)[:, None]
+    hi = np.where(last >= 0, x[np.clip(last, 0, m - 1)], -np.inf)[:, None]
+    outside = (xt[None, :] < lo - 1e-12) | (xt[None, :] > hi + 1e-12)
+    flags = bad_t | outside
+    coverage = 1.0 - outside.mean(axis=1)
+
+    good_rows = np.ones(n, dtype=bool)
+    reasons: dict[int, str] = {}
+    for r in np.nonzero(first < 0)[0]:
+        reasons[int(r)] = "every pixel is masked (ivar = 0, bad and_mask bit or non-finite flux)"
+    for r in np.nonzero((first >= 0) & (coverage < min_coverage))[0]:
+        reasons[int(r)] = (
+            f"measured range {wl[first[r]]:.1f}-{wl[last[r]]:.1f} A covers {coverage[r]:.0%} of the "
+            f"{target[0]:.1f}-{target[-1]:.1f} A grid (need {min_coverage:.0%})"
+        )
+    if reasons:
+        if on_bad == "raise":
+            r, why = next(iter(sorted(reasons.items())))
+            raise SpectrumError(f"{source}: spectrum {r}: {why}")
+        rows = np.fromiter(reasons, dtype=np.int64)
+        good_rows[rows] = False
+        out[rows] = 0.0
+        flags[rows] = True
+        for r, why in sorted(reasons.items())[:5]:
+            log.warning("%s: skipping spectrum %d: %s", source, r, why)
+        if len(reasons) > 5:
+            log.warning("%s: %d more spectra skipped", source, len(reasons) - 5)
+    iv_t = np.where(flags, 0.0, iv_t)
+    return Resampled(
+        fluxes=out.astype(np.float32),
+        ivar=iv_t.astype(np.float32),
+        flags=flags.astype(np.uint8),
+        good_rows=good_rows,
+        reasons=reasons,
+    )
+
+
+def fnet_normalise(fluxes: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """FNet Sec 3.1: subtract each spectrum's mean, then divide by its L2 norm (float32).
+
+    A constant spectrum has zero norm after centring and comes back as zeros.
+    """
+    f = _as_batch(fluxes, "fluxes").astype(np.float64)
+    if not np.all(np.isfinite(f)):
+        raise SpectrumError("fnet_normalise: fluxes contain NaN or inf; resample() first")
+    f = f - f.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("ij,ij->i", f, f))[:, None]
+    return (f / np.maximum(norm, eps)).astype(np.float32)
+
+
+class PixelStandardiser:
+    """Per-pixel standardisation (thesis Sec 6: scikit-learn's StandardScaler over pixels).
+
+    Fit on the training split only, then transform every split with the training statistics.
+    Pixels with zero variance get a scale of 1.
+    """
+
+    def __init__(self) -> None:
+        self.mean_: np.ndarray | None = None
+        self.scale_: np.ndarray | None = None
+
+    def fit(self, fluxes: np.ndarray) -> "PixelStandardiser":
+        f = _as_batch(fluxes, "fluxes").astype(np.float64)
+        if f.shape[0] < 2:
+            raise SpectrumError("PixelStandardiser.fit needs at least 2 spectra")
+        if not np.all(np.isfinite(f)):
+            raise SpectrumError("PixelStandardiser.fit: fluxes contain NaN or inf")
+        self.mean_ = f.mean(axis=0)
+        std = f.std(axis=0)
+        self.scale_ = np.where(std > 0, std, 1.0)
+        return self
+
+    def transform(self, fluxes: np.ndarray) -> np.ndarray:
+        if self.mean_ is None:
+            raise SpectrumError("PixelStandardiser is not fitted; call fit() on the training split first")
+        f = _as_batch(fluxes, "fluxes")
+        if f.shape[1] != self.mean_.size:
+            raise SpectrumError(f"fitted on {self.mean_.size} pixels, got spectra of {f.shape[1]}")
+        return ((f - self.mean_) / self.scale_).astype(np.float32)
+
+    def fit_transform(self, fluxes: np.ndarray) -> np.ndarray:
+        return self.fit(fluxes).transform(fluxes)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"mean": self.mean_.tolist(), "scale": self.scale_.tolist()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "PixelStandardiser":
+        s = cls()
+        s.mean_ = np.asarray(config["mean"], dtype=np.float64)
+        s.scale_ = np.asarray(config["scale"], dtype=np.float64)
+        return s
+
+
+def gaussian_smooth(fluxes: np.ndarray, sigma_px: float | None = None) -> np.ndarray:
+    """Gaussian smoothing along wavelength (σ in pixels; default the thesis's σ = 4, Table 6)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    sigma = float(specs.load_spec("spectra")["thesis_smoothing_sigma_px"] if sigma_px is None else sigma_px)
+    f = _as_batch(fluxes, "fluxes")
+    if sigma <= 0:
+        return f.astype(np.float32)
+    return gaussian_filter1d(f.astype(np.float32), sigma, axis=1, mode="nearest")
+
+
+# --- equivalent widths ------------------------------------------------------------------------
+
+
+def line_names() -> list[str]:
+    """Names of the 14 equivalent-width features, in column order."""
+    return [ln["name"] for ln in specs.spectral_lines()]
+
+
+def _pixel_widths(wl: np.ndarray) -> np.ndarray:
+    edges = np.empty(wl.size + 1)
+    edges[1:-1] = 0.5 * (wl[1:] + wl[:-1])
+    edges[0] = wl[0] - 0.5 * (wl[1] - wl[0])
+    edges[-1] = wl[-1] + 0.5 * (wl[-1] - wl[-2])
+    return np.diff(edges)
+
+
+def _window_index(wl: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel index ranges [a, b) whose centres fall in [lo, hi] per object."""
+    a = np.searchsorted(wl, lo, side="left")
+    b = np.searchsorted(wl, hi, side="right")
+    return a, b
+
+
+def _gather(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows' slices values[i, a_i:b_i] padded into (N, W) plus a validity mask."""
+    n, m = values.shape
+    width = int(max(1, (b - a).max(initial=1)))
+    cols = a[:, None] + np.arange(width)[None, :]
+    valid = cols < b[:, None]
+    cols = np.clip(cols, 0, m - 1)
+    return np.take_along_axis(values, cols, axis=1), valid
+
+
+def equivalent_widths(
+    fluxes: np.ndarray,
+    wavelengths: np.ndarray,
+    z: np.ndarray,
+    *,
+    flags: np.ndarray | None = None,
+    lines: Sequence[Mapping[str, Any]] | None = None,
+    frame: str = "rest",
+    max_masked: float = 0.5,
+) -> np.ndarray:
+    """Equivalent widths by the thesis's Eq. 1, ``EW = Σ (F_c − F) / F_c · Δλ`` (Å).
+
+    Parameters
+    ----------
+    fluxes : (N, M) array on ``wavelengths`` (Å; any grid, e.g. the store's).
+    z : (N,) redshifts; each line's windows are placed at ``λ_rest (1 + z)``.
+    flags : (N, M) bool/uint8, optional
+        Masked/interpolated pixels. A window (or side band) more than ``max_masked`` flagged gives
+        NaN; flagged pixels inside a usable window count as continuum (contribute 0).
+    lines : list of dicts, optional
+        ``name``, ``centers``, ``half_width``, ``continuum`` (rest Å); default ``spectra.yaml``.
+    frame : {"rest", "observed"}
+        Rest-frame EW (observed / (1 + z), the physical quantity) or the observed-frame sum.
+
+    Returns
+    -------
+    (N, L) float32. Positive = absorption, negative = emission. NaN where a window or its side
+    bands fall outside the grid, are mostly masked, or the continuum is not positive.
+
+    The continuum ``F_c`` is the straight line through the mean fluxes of a blue and a red side
+    band just outside the feature's outermost windows; multi-line features sum their windows.
+    """
+    f = _as_batch(fluxes, "fluxes").astype(np.float64)
+    n, m = f.shape
+    wl = np.asarray(wavelengths, dtype=np.float64)
+    if wl.shape != (m,):
+        raise SpectrumError(f"wavelengths has shape {wl.shape}, fluxes has {m} pixels")
+    zz = np.broadcast_to(np.asarray(z, dtype=np.float64), (n,))
+    if frame not in ("rest", "observed"):
+        raise ValueError(f"frame must be 'rest' or 'observed', got {frame!r}")
+    lines = specs.spectral_lines() if lines is None else list(lines)
+    bad = np.zeros_like(f, dtype=bool) if flags is None else _as_batch(flags, "flags").astype(bool)
+    bad = bad | ~np.isfinite(f)
+    f = np.where(np.isfinite(f), f, 0.0)
+    dl = _pixel_widths(wl)
+    fw = f * dl  # flux × Δλ
+    # cumulative sums let every band mean cost two look-ups
+    cs_f = np.concatenate([np.zeros((n, 1)), np.cumsum(np.where(bad, 0.0, f), axis=1)], axis=1)
+    cs_g = np.concatenate([np.zeros((n, 1)), np.cumsum(~bad, axis=1)], axis=1)
+    rows = np.arange(n)
+    scale = 1.0 + zz
+    out = np.full((n, len(lines)), np.nan)
+    for k, line in enumerate(lines):
+        centers = np.asarray(line["centers"], dtype=np.float64)
+        hw, cw = float(line["half_width"]), float(line["continuum"])
+        blue_lo = (centers.min() - hw - cw) * scale
+        blue_hi = (centers.min() - hw) * scale
+        red_lo = (centers.max() + hw) * scale
+        red_hi = (centers.max() + hw + cw) * scale
+        inside = (blue_lo >= wl[0]) & (red_hi <= wl[-1])
+        ba, bb = _window_index(wl, blue_lo, blue_hi)
+        ra, rb = _window_index(wl, red_lo, red_hi)
+        nb = cs_g[rows, bb] - cs_g[rows, ba]
+        nr = cs_g[rows, rb] - cs_g[rows, ra]
+        ok = inside & (nb > (1 - max_masked) * (bb - ba)) & (nr > (1 - max_masked) * (rb - ra)) & (nb > 0) & (nr > 0)
+        fb = (cs_f[rows, bb] - cs_f[rows, ba]) / np.maximum(nb, 1)
+        fr = (cs_f[rows, rb] - cs_f[rows, ra]) / np.maximum(nr, 1)
+        xb = 0.5 * (blue_lo + blue_hi)
+        xr = 0.5 * (red_lo + red_hi)
+        slope = (fr - fb) / (xr - xb)
+        ew = np.zeros(n)
+        for c in centers:
+            a, b = _window_index(wl, (c - hw) * scale, (c + hw) * scale)
+            vals, valid = _gather(fw, a, b)
+            wls, _ = _gather(np.broadcast_to(wl, (n, m)), a, b)
+            dls, _ = _gather(np.broadcast_to(dl, (n, m)), a, b)
+            badw, _ = _gather(bad, a, b)
+            use = valid & ~badw
+            fc = fb[:, None] + slope[:, None] * (wls - xb[:, None])
+            ok &= np.all(np.where(valid, fc > 0, True), axis=1)
+            ok &= use.sum(axis=1) > (1 - max_masked) * np.maximum(valid.sum(axis=1), 1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                term = np.where(use, dls - vals / fc, 0.0)
+            ew += term.sum(axis=1)
+        if frame == "rest":
+            ew = ew / scale
+        out[:, k] = np.where(ok, ew, np.nan)
+    return out.astype(np.float32)
+
+
+# --- line masking (FNet Fig. 6) ---------------------------------------------------------------
+
+
+def line_mask(
+    wavelengths: np.ndarray,
+    z: np.ndarray,
+    lines: Mapping[str, float] | None = None,
+    half_width_kms: float | None = None,
+) -> np.ndarray:
+    """(N, M) bool: True within ±``half_width_kms`` of each line's observed wavelength.
+
+    Defaults are FNet's masked lines (OVI, Lyα, NV, SiIV+OIV, CIV, CIII, CII; ``spectra.yaml``).
+    """
+    spec = specs.load_spec("spectra")["fnet_masked_lines"]
+    lines = spec["lines"] if lines is None else lines
+    hw = float(spec["half_width_kms"] if half_width_kms is None else half_width_kms)
+    wl = np.asarray(wavelengths, dtype=np.float64)
+    zz = np.atleast_1d(np.asarray(z, dtype=np.float64))
+    rest = np.asarray(list(lines.values()), dtype=np.float64)
+    obs = rest[None, :] * (1.0 + zz[:, None])  # (N, L)
+    # |ln(λ/λ_line)| < v/c, tested in log space for every line
+    d = np.abs(np.log(wl[None, None, :] / obs[:, :, None]))  # (N, L, M)
+    return (d < hw / C_KMS).any(axis=1)
+
+
+def mask_lines(
+    fluxes: np.ndarray,
+    wavelengths: np.ndarray,
+    z: np.ndarray,
+    *,
+    fill: float = 0.0,
+    lines: Mapping[str, float] | None = None,
+    half_width_kms: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replace pixels near the masked lines by ``fill`` (0 on normalised spectra); returns (fluxes, mask)."""
+    f = _as_batch(fluxes, "fluxes")
+    mask = line_mask(wavelengths, z, lines, half_width_kms)
+    if mask.shape[0] == 1 and f.shape[0] > 1:
+        mask = np.broadcast_to(mask, f.shape)
+    return np.where(mask, np.asarray(fill, f.dtype), f), mask
+
+
+# --- whole stores -----------------------------------------------------------------------------
+
+
+def _process_chunk(
+    fluxes: np.ndarray,
+    ivar: np.ndarray,
+    and_mask: np.ndarray | None,
+    wl: np.ndarray,
+    z: np.ndarray,
+    grid: np.ndarray,
+    normalise: str | None,
+    smooth_sigma: float | None,
+    with_ew: bool,
+    min_coverage: float,
+    source: str,
+) -> tuple[Resampled, np.ndarray | None, np.ndarray]:
+    res = resample(fluxes, wl, grid, ivar=ivar, and_mask=and_mask, min_coverage=min_coverage, source=source)
+    ew = equivalent_widths(res.fluxes, grid, z, flags=res.flags) if with_ew else None
+    out = res.fluxes
+    if smooth_sigma:
+        out = gaussian_smooth(out, smooth_sigma)
+    if normalise == "fnet":
+        out = fnet_normalise(out)
+    elif normalise not in (None, "none"):
+        raise ValueError(f"normalise must be 'fnet' or None, got {normalise!r}")
+    return res, ew, out
+
+
+def preprocess_store(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    grid: str = "fnet",
+    normalise: str | None = None,
+    smooth_sigma: float | None = None,
+    with_equivalent_widths: bool = True,
+    min_coverage: float = 0.5,
+    chunk_rows: int = 1024,
+    workers: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Resample (and optionally smooth / normalise) every spectrum of a store into a new store.
+
+    Streams ``chunk_rows`` spectra at a time (memory bounded whatever the file size), computes the
+    equivalent widths on the resampled, un-normalised fluxes, writes ``pixel_flags`` and
+    ``equivalent_widths`` beside the fluxes, and drops (and logs) spectra that cannot be
+    resampled. Returns a summary with the number kept and the skipped specObjIDs with reasons.
+
+    ``normalise="fnet"`` applies FNet's zero-mean/unit-norm; ``smooth_sigma`` the thesis's Gaussian.
+    Chunks are processed on ``workers`` threads (numpy releases the GIL); default: all cores.
+    """
+    from keras_astro.io.spectra_store import StoreWriter, open_store
+
+    g = specs.spectral_grid(grid)
+    workers = workers or min(4, os.cpu_count() or 1)
+    skipped: list[tuple[int, str]] = []
+    kept = 0
+    with open_store(src) as r:
+        meta = r.meta
+        fields = ["fluxes", "ivar"] + (["and_mask"] if r.has("and_mask") else [])
+        if "z" not in meta:
+            raise SpectrumError(f"{src}: meta has no 'z' column (needed for equivalent widths)")
+        attrs = {
+            "grid": grid,
+            "normalise": normalise or "none",
+            "smooth_sigma": float(smooth_sigma or 0.0),
+            "source_store": str(src),
+            "lines": ",".join(line_names()) if with_equivalent_widths else "",
+        }
+        n_chunks = max(1, math.ceil(r.n_rows / chunk_rows))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=r.n_rows, unit="spectrum", desc=f"preprocess → {grid}")
+        with (
+            StoreWriter(
+                dst,
+                g,
+                attrs=attrs,
+                with_pixel_flags=True,
+                n_lines=len(line_names()) if with_equivalent_widths else None,
+            ) as w,
+            ThreadPoolExecutor(max_workers=workers) as pool,
+        ):
+
+            def job(start: int):
+                arr = r.read(start, start + chunk_rows, fields)
+                z = meta["z"].to_numpy()[start : start + len(arr["fluxes"])]
+                return start, _process_chunk(
+                    arr["fluxes"],
+                    arr["ivar"],
+                    arr.get("and_mask"),
+                    r.wavelengths,
+                    z,
+                    g,
+                    normalise,
+                    smooth_sigma,
+                    with_equivalent_widths,
+                    min_coverage,
+                    str(src),
+                )
+
+            # h5py serialises reads internally; the numpy work overlaps across threads. At most
+            # `workers + 1` chunks are in flight, so memory stays bounded.
+            pending: deque = deque()
+            for i in range(n_chunks):
+                pending.append(pool.submit(job, i * chunk_rows))
+                if len(pending) <= workers and i < n_chunks - 1:
+                    continue
+                while pending and (len(pending) > workers or i == n_chunks - 1):
+                    start, (res, ew, out) = pending.popleft().result()
+                    kept += _write_chunk(w, meta, start, res, ew, out, skipped)
+                    if bar is not None:
+                        bar.update(len(res.good_rows))
+        if bar is not None:
+            bar.close()
+    if skipped:
+        log.warning("%s: %d spectra skipped (first: %s: %s)", src, len(skipped), *skipped[0])
+    return {"input": str(src), "output": str(Path(dst)), "grid": grid, "n_kept": kept, "skipped": skipped}
+
+
+def _write_chunk(w, meta, start, res: Resampled, ew, out, skipped: list) -> int:
+    rows = np.nonzero(res.good_rows)[0]
+    chunk_meta = meta.iloc[start : start + len(res.good_rows)]
+    for r_bad, why in res.reasons.items():
+        skipped.append((int(chunk_meta["specObjID"].iloc[r_bad]), why))
+    if rows.size:
+        w.append(
+            fluxes=out[rows],
+            ivar=res.ivar[rows],
+            pixel_flags=res.flags[rows],
+            equivalent_widths=None if ew is None else ew[rows],
+            meta=chunk_meta.iloc[rows].reset_index(drop=True),
+        )
+    return int(rows.size)
