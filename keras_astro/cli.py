@@ -17,6 +17,17 @@ def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _shares(text: str) -> dict[str, float]:
+    out = {}
+    for item in _csv_list(text):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip().upper()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected CLASS=fraction, got {item!r}") from None
+    return out
+
+
 def _add_common(p: argparse.ArgumentParser, *, out_required: bool = True, out_help: str = "output folder") -> None:
     p.add_argument("--out", type=Path, required=out_required, help=out_help)
     p.add_argument("--quick", action="store_true", help="short schedule on small data (minutes on 2 CPU cores)")
@@ -73,6 +84,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = asub.add_parser("fetch", help="download the NEPW band-merged catalogue from VizieR", description="Fetch Kim et al. 2021 (J/MNRAS/500/4078) with astroquery and write it in keras_astro's layout (needs a network).")
     p.add_argument("--out", type=Path, required=True, help="output catalogue (.fits or .csv)")
     p.add_argument("--row-limit", type=int, default=-1, help="at most this many rows (-1: all)")
+
+    spectra = sub.add_parser("spectra", help="SDSS spectra: simulate, query, download, preprocess", description="The spectral data layer shared by FNet and the thesis models: SDSS queries and downloads, the embedded spectrum simulator, preprocessing onto the FNet or thesis grid.")
+    ssub = spectra.add_subparsers(dest="spectra_command", metavar="ACTION", required=True)
+    p = ssub.add_parser("simulate", help="write simulated SDSS-like spectra as an HDF5 store", description="Simulate quasars, galaxies and stars on the SDSS lattice and write the HDF5 store (and optionally one spec-PLATE-MJD-FIBER.fits per object). Same seed, same bytes.")
+    p.add_argument("--n", type=int, required=True, help="number of spectra")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output store (.h5)")
+    p.add_argument("--fits-dir", type=Path, default=None, help="also write per-object SDSS spec FITS files here")
+    p.add_argument("--shares", type=_shares, default=None, help="class shares, e.g. GALAXY=0.56,QSO=0.34,STAR=0.10 (default: the thesis's)")
+    p = ssub.add_parser("query", help="run the thesis's SDSS SQL query (needs a network)", description="SpecObjAll JOIN SpecPhotoAll, zWarning = 0 (thesis Sec 4.1), through astroquery; writes a CSV of targets for `spectra download`.")
+    p.add_argument("--kind", choices=["ALL", "QSO", "STAR", "GALAXY"], default="ALL", help="object class to query (default ALL)")
+    p.add_argument("--top", type=int, default=None, help="at most this many rows per query")
+    p.add_argument("--balance", action="store_true", help="separate QSO/STAR/GALAXY queries subsampled to the class shares")
+    p.add_argument("--emission-lines", action="store_true", help="also fetch emissionLinesPort fluxes")
+    p.add_argument("--data-release", type=int, default=17, help="SDSS data release (default 17)")
+    p.add_argument("--show-sql", action="store_true", help="print the SQL and exit without a network")
+    p.add_argument("--out", type=Path, required=False, help="output CSV")
+    p = ssub.add_parser("download", help="download spectra by plate-MJD-fiber (needs a network)", description="Download spec-PLATE-MJD-FIBER.fits for every target in parallel, with retries; resumable (re-runs skip what is stored); failures go to OUT_DIR/failures.csv.")
+    p.add_argument("targets", type=Path, help="CSV from `spectra query` (plate, mjd, fiberID, specObjID, ...)")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder of FITS files")
+    p.add_argument("--store", type=Path, default=None, help="also append the spectra to this sharded HDF5 store (a folder)")
+    p.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
+    p.add_argument("--retries", type=int, default=4, help="retries per spectrum with exponential back-off (default 4)")
+    p.add_argument("--data-release", type=int, default=17, help="SDSS data release (default 17)")
+    p = ssub.add_parser("preprocess", help="resample a store onto the FNet or thesis grid", description="Resample every spectrum onto a log-lambda grid (masked pixels interpolated and flagged), measure the 14 thesis equivalent widths, optionally smooth and FNet-normalise; streams IN to OUT.")
+    p.add_argument("input", type=Path, help="input store (.h5 file or shard folder)")
+    p.add_argument("--grid", choices=["fnet", "thesis", "sdss"], default="fnet", help="target grid (default fnet: 4,618 px over 360-1032.5 nm)")
+    p.add_argument("--out", type=Path, required=True, help="output store (.h5)")
+    p.add_argument("--normalise", choices=["fnet", "none"], default=None, help="fnet: zero mean then unit norm (default: fnet for the fnet grid, none otherwise)")
+    p.add_argument("--smooth", type=float, default=None, help="Gaussian smoothing sigma in pixels (thesis Table 6 uses 4)")
+    p.add_argument("--no-ew", action="store_true", help="skip the equivalent widths")
+    p.add_argument("--chunk-rows", type=int, default=1024, help="spectra per chunk (memory bound)")
     return parser
 
 
@@ -113,6 +156,48 @@ def _agn(args) -> int:
     return 0
 
 
+def _spectra(args) -> int:
+    progress = not args.no_progress
+    cmd = args.spectra_command
+    if cmd == "simulate":
+        from keras_astro.simulate.spectra import write_simulated_store
+
+        if args.n < 1:
+            raise ValueError(f"--n must be at least 1, got {args.n}")
+        path = write_simulated_store(args.out, args.n, seed=args.seed, class_shares=args.shares, fits_dir=args.fits_dir, progress=progress)
+        _print({"out": str(path), "n": args.n, "seed": args.seed, "fits_dir": str(args.fits_dir) if args.fits_dir else None})
+    elif cmd == "query":
+        from keras_astro.io import sdss
+
+        if args.show_sql:
+            sys.stdout.write(sdss.build_query(args.kind, top=args.top, emission_lines=args.emission_lines) + "\n")
+            return 0
+        if args.out is None:
+            raise ValueError("--out is required (or use --show-sql)")
+        table = sdss.SDSSClient(data_release=args.data_release).query(args.kind, top=args.top, balance=args.balance, emission_lines=args.emission_lines)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.write(args.out, format="ascii.csv", overwrite=True)
+        _print({"rows": len(table), "out": str(args.out)})
+    elif cmd == "download":
+        from astropy.table import Table
+
+        from keras_astro.io import sdss
+
+        if not args.targets.is_file():
+            raise FileNotFoundError(f"{args.targets}: no such targets file")
+        targets = Table.read(args.targets, format="ascii.csv")
+        rep = sdss.SDSSClient(data_release=args.data_release).download_spectra(targets, args.out_dir, store=args.store, workers=args.workers, retries=args.retries, progress=progress)
+        _print({k: getattr(rep, k) for k in ("n_requested", "n_downloaded", "n_skipped", "n_failed")} | {"out_dir": str(args.out_dir)})
+        return 0 if rep.n_failed == 0 else 1
+    elif cmd == "preprocess":
+        from keras_astro.preprocess.spectra import preprocess_store
+
+        normalise = args.normalise or ("fnet" if args.grid == "fnet" else None)
+        res = preprocess_store(args.input, args.out, grid=args.grid, normalise=None if normalise == "none" else normalise, smooth_sigma=args.smooth, with_equivalent_widths=not args.no_ew, chunk_rows=args.chunk_rows, progress=progress)
+        _print({"out": res["output"], "grid": res["grid"], "kept": res["n_kept"], "skipped": len(res["skipped"])})
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -132,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print({"devices": [d.name for d in tf.config.list_logical_devices()], "strategy": describe_strategy(get_strategy()), "versions": versions()})
         elif args.command == "agn":
             return _agn(args)
-    except (FileNotFoundError, ValueError, KeyError, ConnectionError, RuntimeError) as exc:
+        elif args.command == "spectra":
+            return _spectra(args)
+    except (FileNotFoundError, ValueError, KeyError, ConnectionError, RuntimeError, OSError) as exc:
         log.debug("error", exc_info=True)
         sys.stderr.write(f"keras-astro: error: {exc}\n")
         return 2
