@@ -116,6 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=float, default=None, help="Gaussian smoothing sigma in pixels (thesis Table 6 uses 4)")
     p.add_argument("--no-ew", action="store_true", help="skip the equivalent widths")
     p.add_argument("--chunk-rows", type=int, default=1024, help="spectra per chunk (memory bound)")
+
+    rgzp = sub.add_parser("rgz", help="Radio Galaxy Zoo data for CLARAN: build F/D1-D4, show a subject, fetch cutouts", description="The CLARAN data layer (Wu et al. 2019, Sec 3): the shipped RGZ DR1 catalogue, simulated or real FIRST/WISE cutouts, and the F, D1, D2, D3, D4 fusions.")
+    rsub = rgzp.add_subparsers(dest="rgz_command", metavar="ACTION", required=True)
+    p = rsub.add_parser("build", help="write a CLARAN data set (PNG + JSON annotations + split lists)", description="Fuse radio and IR cutouts into data set F, D1, D2, D3 or D4; writes DIR/images/*.png, DIR/annotations/*.json, DIR/train.txt, DIR/test.txt, DIR/dataset.json.")
+    p.add_argument("--dataset", choices=["F", "D1", "D2", "D3", "D4"], default="D4", help="fusion method (Sec 3.4; default D4)")
+    _add_common(p)
+    p.add_argument("--images", type=Path, default=None, help="folder of real <subject>_radio.fits / _ir.fits cutouts (default: simulated)")
+    p.add_argument("--seed", type=int, default=0, help="simulator and subset seed")
+    p.add_argument("--d4-fill", choices=["train", "code"], default="train", help="D4 fill: training-set channel mean (paper) or the code's constant")
+    p = rsub.add_parser("show", help="draw a subject: radio, fused image with boxes, IR with contours (Fig. 1)", description="Draw SUBJECT like Fig. 1 of Wu et al.: radio, the fused image with its RGZ boxes, and the IR image with 5-sigma radio contours.")
+    p.add_argument("subject", help="FIRST name, e.g. FIRSTJ000007.0+081644")
+    p.add_argument("--dataset", choices=["F", "D1", "D2", "D3", "D4"], default="D4")
+    p.add_argument("--images", type=Path, default=None, help="folder of real cutouts (default: simulated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="PNG to write (default: <subject>.png)")
+    p = rsub.add_parser("fetch", help="download FIRST and WISE cutouts from SkyView (needs a network)", description="Fetch the 3-arcmin FIRST 1.4 GHz and WISE 3.4 um cutouts of each subject with astroquery's SkyView; resumable.")
+    p.add_argument("--out", type=Path, required=True, help="folder for <subject>_radio.fits / _ir.fits")
+    p.add_argument("--quick", action="store_true", help="only the stratified quick subset")
+    p.add_argument("--subjects", type=_csv_list, default=None, help="comma-separated FIRST names (default: all)")
+    p.add_argument("--workers", type=int, default=2)
     return parser
 
 
@@ -198,6 +218,27 @@ def _spectra(args) -> int:
     return 0
 
 
+def _rgz(args) -> int:
+    from keras_astro.studies import rgz_data
+
+    progress = not args.no_progress
+    if args.rgz_command == "build":
+        res = rgz_data.build_dataset(args.dataset, args.out, quick=args.quick, images=args.images, seed=args.seed, d4_fill=args.d4_fill, progress=progress)
+        _print({k: res[k] for k in ("dataset", "n_train", "n_test", "image_source")} | {"skipped": len(res["skipped"]), "out": str(args.out)})
+    elif args.rgz_command == "show":
+        out = args.out or Path(f"{args.subject}.png")
+        rgz_data.show_subject(args.subject, dataset=args.dataset, images=args.images, seed=args.seed, out=out)
+        _print({"figure": str(out)})
+    elif args.rgz_command == "fetch":
+        from keras_astro.io import rgz
+        from keras_astro.io.skyview import SkyViewClient
+
+        cat = rgz.load_catalogue()
+        subjects = [cat[n] for n in args.subjects] if args.subjects else rgz_data.select_subjects(cat, quick=args.quick)
+        _print(SkyViewClient().fetch(subjects, args.out, workers=args.workers, progress=progress))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -219,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _agn(args)
         elif args.command == "spectra":
             return _spectra(args)
+        elif args.command == "rgz":
+            return _rgz(args)
     except (FileNotFoundError, ValueError, KeyError, ConnectionError, RuntimeError, OSError) as exc:
         log.debug("error", exc_info=True)
         sys.stderr.write(f"keras-astro: error: {exc}\n")
