@@ -115,39 +115,6 @@ def _grid(grid: str | np.ndarray) -> np.ndarray:
     return g
 
 
-def _fill_masked(f: np.ndarray, bad: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear interpolation over masked pixels, along rows, vectorised.
-
-    Returns the filled array and, per row, the first/last good pixel index (-1 if none).
-    """
-    n, m = f.shape
-    idx = np.arange(m)
-    good = ~bad
-    prev = np.where(good, idx, -1)
-    np.maximum.accumulate(prev, axis=1, out=prev)
-    nxt = np.where(good, idx, m)
-    nxt = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
-    first = np.where(good.any(axis=1), nxt[:, 0], -1)
-    last = np.where(good.any(axis=1), prev[:, -1], -1)
-    if not bad.any():
-        return f, first, last
-    rows = np.nonzero(bad)
-    p, q = prev[rows], nxt[rows]
-    has_p, has_q = p >= 0, q < m
-    p_c = np.clip(p, 0, m - 1)
-    q_c = np.clip(q, 0, m - 1)
-    fp = f[rows[0], p_c]
-    fq = f[rows[0], q_c]
-    xj = x[rows[1]]
-    both = has_p & has_q
-    denom = np.where(both, x[q_c] - x[p_c], 1.0)
-    t = np.where(both, (xj - x[p_c]) / denom, 0.0)
-    val = np.where(both, fp + t * (fq - fp), np.where(has_p, fp, np.where(has_q, fq, 0.0)))
-    out = f.copy()
-    out[rows] = val
-    return out, first, last
-
-
 def resample(
     fluxes: np.ndarray,
     wavelengths: np.ndarray,
@@ -182,14 +149,14 @@ def resample(
     """
     if on_bad not in ("skip", "raise"):
         raise ValueError(f"on_bad must be 'skip' or 'raise', got {on_bad!r}")
-    f = _as_batch(fluxes, "fluxes").astype(np.float64)
+    f = _as_batch(fluxes, "fluxes").astype(np.float32, copy=False)
     n, m = f.shape
     wl = np.asarray(wavelengths, dtype=np.float64)
     if wl.shape != (m,):
         raise SpectrumError(f"{source}: wavelengths has shape {wl.shape}, fluxes has {m} pixels")
     if not (np.all(np.isfinite(wl)) and np.all(np.diff(wl) > 0)):
         raise SpectrumError(f"{source}: wavelengths must be finite and strictly increasing")
-    iv = None if ivar is None else _as_batch(ivar, "ivar").astype(np.float64)
+    iv = None if ivar is None else _as_batch(ivar, "ivar").astype(np.float32, copy=False)
     if iv is not None and iv.shape != f.shape:
         raise SpectrumError(f"{source}: ivar shape {iv.shape} differs from fluxes {f.shape}")
     am = None if and_mask is None else _as_batch(and_mask, "and_mask")
@@ -199,33 +166,82 @@ def resample(
     x = np.log10(wl)
     xt = np.log10(target)
 
-    bad = bad_pixel_mask(f, iv, am)
-    f = np.where(bad, 0.0, f)
-    filled, first, last = _fill_masked(f, bad, x)
-    if iv is None:
-        iv_f = np.where(bad, 0.0, 1.0)
-    else:
-        iv_f = np.where(bad, 0.0, iv)
+    # One pass per quantity over the (N, M) block: memory traffic, not arithmetic, is the cost.
+    good = np.isfinite(f)
+    if iv is not None:
+        good &= iv > 0  # NaN ivar compares False
+    if am is not None:
+        good &= (am & _bad_mask_bits()) == 0
+    any_good = good.any(axis=1)
+    first = np.where(any_good, good.argmax(axis=1), 0)
+    last = np.where(any_good, m - 1 - good[:, ::-1].argmax(axis=1), 0)
 
-    # shared interpolation weights (all rows live on the same source grid)
+    # shared interpolation weights (all rows live on the same source grid): target pixel c lies
+    # between source pixels j[c] and j[c] + 1 at fraction w[c]
     j = np.clip(np.searchsorted(x, xt, side="right") - 1, 0, m - 2)
     w = np.clip((xt - x[j]) / (x[j + 1] - x[j]), 0.0, 1.0)
     near0, near1 = w < 1e-9, w > 1.0 - 1e-9
-    if np.all(near0 | near1):  # target pixels sit on source pixels (e.g. thesis cut of the SDSS lattice)
-        src = np.where(near1, j + 1, j)
-        out = filled[:, src]
-        bad_t = bad[:, src]
-        iv_t = iv_f[:, src]
+    exact = bool(np.all(near0 | near1))
+    if exact:  # target pixels sit on source pixels (e.g. the thesis cut of the SDSS lattice)
+        j = np.where(near1, j + 1, j)
+        out = f[:, j]
+        nearest = j
     else:
-        out = filled[:, j] * (1.0 - w) + filled[:, j + 1] * w
-        bad_t = bad[:, j] | bad[:, j + 1]
-        iv_t = np.minimum(iv_f[:, j], iv_f[:, j + 1])
-    # outside a row's measured range: constant extrapolation, flagged
-    lo = np.where(first >= 0, x[np.clip(first, 0, m - 1)], np.inf)[:, None]
-    hi = np.where(last >= 0, x[np.clip(last, 0, m - 1)], -np.inf)[:, None]
-    outside = (xt[None, :] < lo - 1e-12) | (xt[None, :] > hi + 1e-12)
-    flags = bad_t | outside
-    coverage = 1.0 - outside.mean(axis=1)
+        f0 = f[:, j]
+        out = f[:, j + 1]
+        out -= f0
+        out *= w.astype(np.float32)
+        out += f0
+        del f0
+        nearest = np.where(w > 0.5, j + 1, j)
+    k_t = xt.size
+    flags = np.zeros((n, k_t), dtype=bool)
+    # outside a row's measured range: constant extrapolation (nearest measured value), flagged;
+    # these are contiguous runs at both ends, set row by row with slices
+    c_first = np.searchsorted(xt, x[first] - 1e-12, side="left")
+    c_last = np.searchsorted(xt, x[last] + 1e-12, side="right")
+    c_first[~any_good] = k_t
+    c_last[~any_good] = k_t
+    for i in range(n):
+        a, b = c_first[i], c_last[i]
+        if a > 0:
+            out[i, :a] = f[i, first[i]]
+            flags[i, :a] = True
+        if b < k_t:
+            out[i, b:] = f[i, last[i]]
+            flags[i, b:] = True
+    # inside the range, next to a masked pixel: linear interpolation between the nearest good
+    # source pixels on either side (exactly np.interp over the good pixels). Masked pixels are
+    # sparse inside the range, so they are found in the flat index and mapped to the target
+    # pixels that use them.
+    badflat = np.flatnonzero(~good)
+    br, bs = np.divmod(badflat, m)
+    inner = (bs > first[br]) & (bs < last[br]) & any_good[br]
+    br, bs = br[inner], bs[inner]
+    if br.size:
+        lo_c = np.searchsorted(j, bs - (0 if exact else 1), side="left")
+        hi_c = np.searchsorted(j, bs, side="right")
+        counts = hi_c - lo_c
+        r = np.repeat(br, counts)
+        c = np.repeat(lo_c, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+        if r.size:
+            key = np.unique(r * k_t + c)
+            r, c = np.divmod(key, k_t)
+            gflat = np.flatnonzero(good)
+            pos = r * m + j[c]
+            kk = np.searchsorted(gflat, pos, side="right")
+            p = gflat[np.clip(kk - 1, 0, gflat.size - 1)]
+            q = gflat[np.clip(kk, 0, gflat.size - 1)]
+            pc, qc = p - r * m, q - r * m
+            fp, fq = f.ravel()[p], f.ravel()[q]
+            span = np.where(qc > pc, x[np.clip(qc, 0, m - 1)] - x[np.clip(pc, 0, m - 1)], 1.0)
+            t = np.clip((xt[c] - x[np.clip(pc, 0, m - 1)]) / span, 0.0, 1.0)
+            out[r, c] = np.where(qc > pc, fp + t * (fq - fp), fp)
+            flags[r, c] = True
+    outside_frac = (c_first + (k_t - c_last)) / k_t
+    coverage = 1.0 - np.minimum(outside_frac, 1.0)
+    iv_t = None if iv is None else iv[:, nearest]
+    first = np.where(any_good, first, -1)
 
     good_rows = np.ones(n, dtype=bool)
     reasons: dict[int, str] = {}
@@ -248,11 +264,14 @@ def resample(
             log.warning("%s: skipping spectrum %d: %s", source, r, why)
         if len(reasons) > 5:
             log.warning("%s: %d more spectra skipped", source, len(reasons) - 5)
-    iv_t = np.where(flags, 0.0, iv_t)
+    if iv_t is None:
+        iv_t = (~flags).astype(np.float32)
+    else:
+        iv_t[flags] = 0.0
     return Resampled(
-        fluxes=out.astype(np.float32),
-        ivar=iv_t.astype(np.float32),
-        flags=flags.astype(np.uint8),
+        fluxes=out.astype(np.float32, copy=False),
+        ivar=iv_t.astype(np.float32, copy=False),
+        flags=flags.view(np.uint8),
         good_rows=good_rows,
         reasons=reasons,
     )
@@ -263,12 +282,14 @@ def fnet_normalise(fluxes: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
     A constant spectrum has zero norm after centring and comes back as zeros.
     """
-    f = _as_batch(fluxes, "fluxes").astype(np.float64)
-    if not np.all(np.isfinite(f)):
+    f = _as_batch(fluxes, "fluxes").astype(np.float32, copy=False)
+    mean = f.mean(axis=1, dtype=np.float64, keepdims=True)
+    if not np.all(np.isfinite(mean)):
         raise SpectrumError("fnet_normalise: fluxes contain NaN or inf; resample() first")
-    f = f - f.mean(axis=1, keepdims=True)
-    norm = np.sqrt(np.einsum("ij,ij->i", f, f))[:, None]
-    return (f / np.maximum(norm, eps)).astype(np.float32)
+    f = f - mean.astype(np.float32)
+    norm = np.sqrt(np.einsum("ij,ij->i", f, f, dtype=np.float64))[:, None]
+    f /= np.maximum(norm, eps).astype(np.float32)
+    return f
 
 
 class PixelStandardiser:
@@ -349,14 +370,14 @@ def _window_index(wl: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.nd
     return a, b
 
 
-def _gather(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows' slices values[i, a_i:b_i] padded into (N, W) plus a validity mask."""
+def _gather(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows' slices values[i, a_i:b_i] padded into (N, W), their column indices and a validity mask."""
     n, m = values.shape
     width = int(max(1, (b - a).max(initial=1)))
     cols = a[:, None] + np.arange(width)[None, :]
     valid = cols < b[:, None]
-    cols = np.clip(cols, 0, m - 1)
-    return np.take_along_axis(values, cols, axis=1), valid
+    cols = np.minimum(cols, m - 1)
+    return values[np.arange(n)[:, None], cols], cols, valid
 
 
 def equivalent_widths(
@@ -391,7 +412,7 @@ def equivalent_widths(
     The continuum ``F_c`` is the straight line through the mean fluxes of a blue and a red side
     band just outside the feature's outermost windows; multi-line features sum their windows.
     """
-    f = _as_batch(fluxes, "fluxes").astype(np.float64)
+    f = _as_batch(fluxes, "fluxes")
     n, m = f.shape
     wl = np.asarray(wavelengths, dtype=np.float64)
     if wl.shape != (m,):
@@ -400,17 +421,22 @@ def equivalent_widths(
     if frame not in ("rest", "observed"):
         raise ValueError(f"frame must be 'rest' or 'observed', got {frame!r}")
     lines = specs.spectral_lines() if lines is None else list(lines)
-    bad = np.zeros_like(f, dtype=bool) if flags is None else _as_batch(flags, "flags").astype(bool)
-    bad = bad | ~np.isfinite(f)
-    f = np.where(np.isfinite(f), f, 0.0)
+    bad = ~np.isfinite(f)
+    if flags is not None:
+        bad |= _as_batch(flags, "flags").astype(bool)
     dl = _pixel_widths(wl)
-    fw = f * dl  # flux × Δλ
-    # cumulative sums let every band mean cost two look-ups
-    cs_f = np.concatenate([np.zeros((n, 1)), np.cumsum(np.where(bad, 0.0, f), axis=1)], axis=1)
-    cs_g = np.concatenate([np.zeros((n, 1)), np.cumsum(~bad, axis=1)], axis=1)
-    rows = np.arange(n)
     scale = 1.0 + zz
     out = np.full((n, len(lines)), np.nan)
+
+    def band(lo: np.ndarray, hi: np.ndarray):
+        """Mean flux over good pixels in [lo, hi] per row, good count and pixel count."""
+        a, b = _window_index(wl, lo, hi)
+        vals, cols, valid = _gather(f, a, b)
+        use = valid & ~bad[np.arange(n)[:, None], cols]
+        cnt = use.sum(axis=1)
+        mean = np.where(use, vals, 0.0).sum(axis=1) / np.maximum(cnt, 1)
+        return mean, cnt, valid.sum(axis=1)
+
     for k, line in enumerate(lines):
         centers = np.asarray(line["centers"], dtype=np.float64)
         hw, cw = float(line["half_width"]), float(line["continuum"])
@@ -418,30 +444,23 @@ def equivalent_widths(
         blue_hi = (centers.min() - hw) * scale
         red_lo = (centers.max() + hw) * scale
         red_hi = (centers.max() + hw + cw) * scale
-        inside = (blue_lo >= wl[0]) & (red_hi <= wl[-1])
-        ba, bb = _window_index(wl, blue_lo, blue_hi)
-        ra, rb = _window_index(wl, red_lo, red_hi)
-        nb = cs_g[rows, bb] - cs_g[rows, ba]
-        nr = cs_g[rows, rb] - cs_g[rows, ra]
-        ok = inside & (nb > (1 - max_masked) * (bb - ba)) & (nr > (1 - max_masked) * (rb - ra)) & (nb > 0) & (nr > 0)
-        fb = (cs_f[rows, bb] - cs_f[rows, ba]) / np.maximum(nb, 1)
-        fr = (cs_f[rows, rb] - cs_f[rows, ra]) / np.maximum(nr, 1)
+        ok = (blue_lo >= wl[0]) & (red_hi <= wl[-1])
+        fb, nb, tb = band(blue_lo, blue_hi)
+        fr, nr, tr = band(red_lo, red_hi)
+        ok &= (nb > (1 - max_masked) * tb) & (nr > (1 - max_masked) * tr) & (nb > 0) & (nr > 0)
         xb = 0.5 * (blue_lo + blue_hi)
         xr = 0.5 * (red_lo + red_hi)
         slope = (fr - fb) / (xr - xb)
         ew = np.zeros(n)
         for c in centers:
             a, b = _window_index(wl, (c - hw) * scale, (c + hw) * scale)
-            vals, valid = _gather(fw, a, b)
-            wls, _ = _gather(np.broadcast_to(wl, (n, m)), a, b)
-            dls, _ = _gather(np.broadcast_to(dl, (n, m)), a, b)
-            badw, _ = _gather(bad, a, b)
-            use = valid & ~badw
-            fc = fb[:, None] + slope[:, None] * (wls - xb[:, None])
+            vals, cols, valid = _gather(f, a, b)
+            use = valid & ~bad[np.arange(n)[:, None], cols]
+            fc = fb[:, None] + slope[:, None] * (wl[cols] - xb[:, None])
             ok &= np.all(np.where(valid, fc > 0, True), axis=1)
             ok &= use.sum(axis=1) > (1 - max_masked) * np.maximum(valid.sum(axis=1), 1)
             with np.errstate(divide="ignore", invalid="ignore"):
-                term = np.where(use, dls - vals / fc, 0.0)
+                term = np.where(use, (1.0 - vals / fc) * dl[cols], 0.0)
             ew += term.sum(axis=1)
         if frame == "rest":
             ew = ew / scale
