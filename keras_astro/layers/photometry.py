@@ -98,3 +98,70 @@ class PhotometryImputer(keras.layers.Layer):
             missing_value=self.missing_value,
         )
         return cfg
+
+
+@keras.saving.register_keras_serializable(package="keras_astro")
+class ToeplitzConv2D(keras.layers.Conv2D):
+    """A ``Conv2D`` with (1 × k) kernels on a narrow image, computed as one matrix product.
+
+    The AGN network of Chen et al. (2021) convolves (44, 2, C) images with (1 × 2) kernels and
+    'same' padding: per image row, out[w=0] = x[0]·K[0] + x[1]·K[1] and out[w=1] = x[1]·K[0]
+    (zero padding on the right). With the row's W·C_in values as one vector this is a single
+    product with the block-Toeplitz matrix [[K0, 0], [K1, K0]] of shape (W·C_in, W·C_out); for
+    C = 1…32 one large matmul is much faster on CPU than the generic convolution kernels.
+
+    The layer *is* a :class:`keras.layers.Conv2D`: same constructor, config, variables (kernel
+    (1, k, C_in, C_out), bias (C_out,)) and mathematics, so weights move freely between the two.
+    Any case outside the fast path (kernel height ≠ 1, strides or dilation ≠ 1, groups,
+    channels_first, unknown width or a kernel wider than the image) uses ``Conv2D.call``.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._toeplitz = None
+        width = input_shape[2] if self.data_format == "channels_last" else None
+        kh, kw = self.kernel_size
+        fast = (
+            self.data_format == "channels_last"
+            and width is not None
+            and kh == 1
+            and kw <= int(width)
+            and tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.groups == 1
+            and self.padding in ("same", "valid")
+        )
+        if fast:
+            w_in = int(width)
+            if self.padding == "same":
+                w_out, left = w_in, (kw - 1) // 2
+            else:
+                w_out, left = w_in - kw + 1, 0
+            # shift[j, wi, wo] = 1 where input column wi meets kernel tap j at output column wo
+            shift = np.zeros((kw, w_in, w_out), np.float32)
+            for j in range(kw):
+                for wo in range(w_out):
+                    wi = wo + j - left
+                    if 0 <= wi < w_in:
+                        shift[j, wi, wo] = 1.0
+            self._toeplitz = (shift, w_in, w_out)
+
+    def _dense_kernel(self):
+        """The (W·C_in, W_out·C_out) block-Toeplitz matrix built from ``kernel``."""
+        shift, w_in, w_out = self._toeplitz
+        k = ops.cast(self.kernel[0], self.compute_dtype)  # (kw, C_in, C_out)
+        c_in, c_out = k.shape[1], k.shape[2]
+        blocks = ops.einsum("jio,jab->iaob", ops.convert_to_tensor(shift, self.compute_dtype), k)
+        return ops.reshape(blocks, (w_in * c_in, w_out * c_out))
+
+    def call(self, inputs):
+        if getattr(self, "_toeplitz", None) is None:
+            return super().call(inputs)
+        _, w_in, w_out = self._toeplitz
+        rows = ops.shape(inputs)[1]
+        c_in = inputs.shape[-1]
+        y = ops.matmul(ops.reshape(inputs, (-1, w_in * c_in)), self._dense_kernel())
+        if self.use_bias:
+            y = y + ops.tile(ops.cast(self.bias, y.dtype), (w_out,))
+        y = ops.reshape(y, (-1, rows, w_out, self.filters))
+        return self.activation(y) if self.activation is not None else y
