@@ -184,11 +184,11 @@ def resample(
     exact = bool(np.all(near0 | near1))
     if exact:  # target pixels sit on source pixels (e.g. the thesis cut of the SDSS lattice)
         j = np.where(near1, j + 1, j)
-        out = f[:, j]
+        out = np.take(f, j, axis=1)  # np.take keeps C order (f[:, j] would not)
         nearest = j
     else:
-        f0 = f[:, j]
-        out = f[:, j + 1]
+        f0 = np.take(f, j, axis=1)  # np.take keeps C order (f[:, j] would not)
+        out = np.take(f, j + 1, axis=1)
         out -= f0
         out *= w.astype(np.float32)
         out += f0
@@ -227,11 +227,22 @@ def resample(
         if r.size:
             key = np.unique(r * k_t + c)
             r, c = np.divmod(key, k_t)
-            gflat = np.flatnonzero(good)
-            pos = r * m + j[c]
-            kk = np.searchsorted(gflat, pos, side="right")
-            p = gflat[np.clip(kk - 1, 0, gflat.size - 1)]
-            q = gflat[np.clip(kk, 0, gflat.size - 1)]
+            # runs of consecutive masked pixels in the flat index: a masked pixel's nearest good
+            # neighbours are just outside its run (inside the measured range both exist in-row)
+            inner_flat = badflat[inner]
+            run_break = np.diff(inner_flat) != 1
+            starts = np.r_[True, run_break]
+            ends = np.r_[run_break, True]
+            ar = np.arange(inner_flat.size)
+            start_of = inner_flat[np.maximum.accumulate(np.where(starts, ar, 0))]
+            end_of = inner_flat[np.minimum.accumulate(np.where(ends, ar, inner_flat.size)[::-1])[::-1]]
+            badflat = inner_flat
+            left = r * m + j[c]
+            kl = np.minimum(np.searchsorted(badflat, left), badflat.size - 1)
+            p = np.where(badflat[kl] == left, start_of[kl] - 1, left)
+            right = left + (0 if exact else 1)
+            kr = np.minimum(np.searchsorted(badflat, right), badflat.size - 1)
+            q = np.where(badflat[kr] == right, end_of[kr] + 1, right)
             pc, qc = p - r * m, q - r * m
             fp, fq = f.ravel()[p], f.ravel()[q]
             span = np.where(qc > pc, x[np.clip(qc, 0, m - 1)] - x[np.clip(pc, 0, m - 1)], 1.0)
@@ -240,7 +251,7 @@ def resample(
             flags[r, c] = True
     outside_frac = (c_first + (k_t - c_last)) / k_t
     coverage = 1.0 - np.minimum(outside_frac, 1.0)
-    iv_t = None if iv is None else iv[:, nearest]
+    iv_t = None if iv is None else np.take(iv, nearest, axis=1)
     first = np.where(any_good, first, -1)
 
     good_rows = np.ones(n, dtype=bool)
@@ -267,7 +278,7 @@ def resample(
     if iv_t is None:
         iv_t = (~flags).astype(np.float32)
     else:
-        iv_t[flags] = 0.0
+        np.copyto(iv_t, np.float32(0), where=flags)
     return Resampled(
         fluxes=out.astype(np.float32, copy=False),
         ivar=iv_t.astype(np.float32, copy=False),
@@ -370,16 +381,6 @@ def _window_index(wl: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.nd
     return a, b
 
 
-def _gather(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows' slices values[i, a_i:b_i] padded into (N, W), their column indices and a validity mask."""
-    n, m = values.shape
-    width = int(max(1, (b - a).max(initial=1)))
-    cols = a[:, None] + np.arange(width)[None, :]
-    valid = cols < b[:, None]
-    cols = np.minimum(cols, m - 1)
-    return values[np.arange(n)[:, None], cols], cols, valid
-
-
 def equivalent_widths(
     fluxes: np.ndarray,
     wavelengths: np.ndarray,
@@ -421,50 +422,58 @@ def equivalent_widths(
     if frame not in ("rest", "observed"):
         raise ValueError(f"frame must be 'rest' or 'observed', got {frame!r}")
     lines = specs.spectral_lines() if lines is None else list(lines)
-    bad = ~np.isfinite(f)
-    if flags is not None:
-        bad |= _as_batch(flags, "flags").astype(bool)
+    if flags is None:
+        bad = ~np.isfinite(f)
+    else:  # flagged pixels include the non-finite ones (resample() output); NaN elsewhere gives NaN
+        fl = _as_batch(flags, "flags")
+        bad = fl.view(bool) if fl.dtype in (np.uint8, np.bool_) else fl.astype(bool)
+        if bad.shape != f.shape:
+            raise SpectrumError(f"flags shape {bad.shape} differs from fluxes {f.shape}")
+    f_flat, bad_flat = f.ravel(), bad.ravel()
     dl = _pixel_widths(wl)
     scale = 1.0 + zz
     out = np.full((n, len(lines)), np.nan)
 
-    def band(lo: np.ndarray, hi: np.ndarray):
-        """Mean flux over good pixels in [lo, hi] per row, good count and pixel count."""
+    def window(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+        """Padded pixel windows [lo, hi] (Å) of the given rows: columns, fluxes, usable, valid."""
         a, b = _window_index(wl, lo, hi)
-        vals, cols, valid = _gather(f, a, b)
-        use = valid & ~bad[np.arange(n)[:, None], cols]
-        cnt = use.sum(axis=1)
-        mean = np.where(use, vals, 0.0).sum(axis=1) / np.maximum(cnt, 1)
-        return mean, cnt, valid.sum(axis=1)
+        width = int(max(1, (b - a).max(initial=1)))
+        cols = np.minimum(a[:, None] + np.arange(width)[None, :], m - 1)
+        valid = (a[:, None] + np.arange(width)[None, :]) < b[:, None]
+        flat = cols + (rows * m)[:, None]
+        return cols, f_flat[flat], valid & ~bad_flat[flat], valid
 
     for k, line in enumerate(lines):
         centers = np.asarray(line["centers"], dtype=np.float64)
         hw, cw = float(line["half_width"]), float(line["continuum"])
-        blue_lo = (centers.min() - hw - cw) * scale
-        blue_hi = (centers.min() - hw) * scale
-        red_lo = (centers.max() + hw) * scale
-        red_hi = (centers.max() + hw + cw) * scale
-        ok = (blue_lo >= wl[0]) & (red_hi <= wl[-1])
-        fb, nb, tb = band(blue_lo, blue_hi)
-        fr, nr, tr = band(red_lo, red_hi)
-        ok &= (nb > (1 - max_masked) * tb) & (nr > (1 - max_masked) * tr) & (nb > 0) & (nr > 0)
+        # only the objects whose feature (with its side bands) lies on the grid are measured
+        rows = np.nonzero(((centers.min() - hw - cw) * scale >= wl[0]) & ((centers.max() + hw + cw) * scale <= wl[-1]))[0]
+        if rows.size == 0:
+            continue
+        sc = scale[rows]
+        blue_lo, blue_hi = (centers.min() - hw - cw) * sc, (centers.min() - hw) * sc
+        red_lo, red_hi = (centers.max() + hw) * sc, (centers.max() + hw + cw) * sc
+        _, vb, ub, tb = window(rows, blue_lo, blue_hi)
+        _, vr, ur, tr = window(rows, red_lo, red_hi)
+        nb, nr = ub.sum(axis=1), ur.sum(axis=1)
+        fb = np.where(ub, vb, 0.0).sum(axis=1) / np.maximum(nb, 1)
+        fr = np.where(ur, vr, 0.0).sum(axis=1) / np.maximum(nr, 1)
+        ok = (nb > (1 - max_masked) * tb.sum(axis=1)) & (nr > (1 - max_masked) * tr.sum(axis=1)) & (nb > 0) & (nr > 0)
         xb = 0.5 * (blue_lo + blue_hi)
         xr = 0.5 * (red_lo + red_hi)
         slope = (fr - fb) / (xr - xb)
-        ew = np.zeros(n)
+        ew = np.zeros(rows.size)
         for c in centers:
-            a, b = _window_index(wl, (c - hw) * scale, (c + hw) * scale)
-            vals, cols, valid = _gather(f, a, b)
-            use = valid & ~bad[np.arange(n)[:, None], cols]
+            cols, vals, use, valid = window(rows, (c - hw) * sc, (c + hw) * sc)
             fc = fb[:, None] + slope[:, None] * (wl[cols] - xb[:, None])
-            ok &= np.all(np.where(valid, fc > 0, True), axis=1)
+            ok &= np.all(fc > 0, axis=1, where=valid)
             ok &= use.sum(axis=1) > (1 - max_masked) * np.maximum(valid.sum(axis=1), 1)
             with np.errstate(divide="ignore", invalid="ignore"):
-                term = np.where(use, (1.0 - vals / fc) * dl[cols], 0.0)
-            ew += term.sum(axis=1)
+                term = (1.0 - vals / fc) * dl[cols]
+            ew += term.sum(axis=1, where=use)
         if frame == "rest":
-            ew = ew / scale
-        out[:, k] = np.where(ok, ew, np.nan)
+            ew = ew / sc
+        out[rows, k] = np.where(ok, ew, np.nan)
     return out.astype(np.float32)
 
 
