@@ -177,6 +177,8 @@ def spectra_dataset(
     )
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    n_rows_here = int(sum(selected[s : s + chunk_rows].sum() for s in starts))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n_rows_here))  # known epoch length for Keras
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     opts = tf.data.Options()
     opts.experimental_distribute.auto_shard_policy = (

@@ -189,9 +189,10 @@ def resample(
     else:
         f0 = np.take(f, j, axis=1)  # np.take keeps C order (f[:, j] would not)
         out = np.take(f, j + 1, axis=1)
-        out -= f0
-        out *= w.astype(np.float32)
-        out += f0
+        with np.errstate(invalid="ignore"):  # inf pixels are masked and replaced below
+            out -= f0
+            out *= w.astype(np.float32)
+            out += f0
         del f0
         nearest = np.where(w > 0.5, j + 1, j)
     k_t = xt.size
@@ -447,7 +448,9 @@ def equivalent_widths(
         centers = np.asarray(line["centers"], dtype=np.float64)
         hw, cw = float(line["half_width"]), float(line["continuum"])
         # only the objects whose feature (with its side bands) lies on the grid are measured
-        rows = np.nonzero(((centers.min() - hw - cw) * scale >= wl[0]) & ((centers.max() + hw + cw) * scale <= wl[-1]))[0]
+        rows = np.nonzero(((centers.min() - hw - cw) * scale >= wl[0]) & ((centers.max() + hw + cw) * scale <= wl[-1]))[
+            0
+        ]
         if rows.size == 0:
             continue
         sc = scale[rows]
