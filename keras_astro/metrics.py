@@ -100,3 +100,69 @@ class Completeness(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "positive": self.positive, "threshold": self.threshold}
+
+
+# --- FNet (Rastegar Nia et al.): velocity accuracy of redshifts (Sec 4, Eq. 1) ------------------
+
+C_KMS = 299_792.458
+
+
+def delta_v(z_pred: np.ndarray, z_true: np.ndarray) -> np.ndarray:
+    """Velocity difference Δv = c (z_pred − z_true) / (1 + z_true), km/s (FNet Eq. 1)."""
+    zp = np.asarray(z_pred, dtype=np.float64).ravel()
+    zt = np.asarray(z_true, dtype=np.float64).ravel()
+    if zp.shape != zt.shape:
+        raise ValueError(f"z_pred has {zp.size} values, z_true {zt.size}")
+    return C_KMS * (zp - zt) / (1.0 + zt)
+
+
+def dv_accuracy(z_pred: np.ndarray, z_true: np.ndarray, threshold_kms: float = 6000.0) -> float:
+    """Fraction of objects with |Δv| below ``threshold_kms`` (FNet: 6,000 / 12,000 / 30,000 km/s)."""
+    dv = delta_v(z_pred, z_true)
+    return float(np.mean(np.abs(dv) < threshold_kms)) if dv.size else float("nan")
+
+
+def dv_accuracy_curve(z_pred: np.ndarray, z_true: np.ndarray, thresholds_kms: np.ndarray) -> np.ndarray:
+    """Accuracy as a function of the |Δv| threshold (FNet Fig. 4c)."""
+    adv = np.sort(np.abs(delta_v(z_pred, z_true)))
+    return np.searchsorted(adv, np.asarray(thresholds_kms, dtype=np.float64), side="left") / max(adv.size, 1)
+
+
+@keras.saving.register_keras_serializable(package="keras_astro")
+class DeltaVAccuracy(keras.metrics.Metric):
+    """In-graph |Δv| < threshold accuracy for a model whose output is redshift scaled to [0, 1].
+
+    ``z = z_min + y (z_max − z_min)`` undoes the training set's min/max scaling (FNet code) for both
+    the label and the prediction; with ``z_min = 0, z_max = 1`` the values are redshifts already.
+    """
+
+    def __init__(self, threshold_kms: float = 6000.0, z_min: float = 0.0, z_max: float = 1.0, name=None, **kwargs):
+        super().__init__(name=name or f"dv_acc_{int(threshold_kms)}", **kwargs)
+        self.threshold_kms = float(threshold_kms)
+        self.z_min = float(z_min)
+        self.z_max = float(z_max)
+        self.hits = self.add_variable(shape=(), initializer="zeros", name="hits")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        span = self.z_max - self.z_min
+        zt = self.z_min + ops.reshape(ops.cast(y_true, "float32"), (-1,)) * span
+        zp = self.z_min + ops.reshape(ops.cast(y_pred, "float32"), (-1,)) * span
+        hit = ops.cast(ops.abs(C_KMS * (zp - zt) / (1.0 + zt)) < self.threshold_kms, "float32")
+        if sample_weight is not None:
+            w = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            self.hits.assign_add(ops.sum(hit * w))
+            self.count.assign_add(ops.sum(w))
+        else:
+            self.hits.assign_add(ops.sum(hit))
+            self.count.assign_add(ops.cast(ops.size(hit), "float32"))
+
+    def result(self):
+        return ops.divide_no_nan(self.hits, self.count)
+
+    def reset_state(self):
+        self.hits.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold_kms": self.threshold_kms, "z_min": self.z_min, "z_max": self.z_max}

@@ -47,3 +47,38 @@ def test_keras_completeness_matches_numpy(rng, positive):
     assert float(m.result()) == pytest.approx(binary_rates(y, s)[key], abs=1e-6)
     m.reset_state()
     assert float(m.result()) == 0.0
+
+
+# --- FNet Δv accuracy -------------------------------------------------------------------------
+
+
+def test_delta_v_and_accuracy_against_hand_values():
+    from keras_astro.metrics import C_KMS, delta_v, dv_accuracy, dv_accuracy_curve
+
+    zt = np.array([1.0, 2.0, 3.0, 0.5])
+    zp = zt + np.array([0.02, -0.2, 0.001, 0.3])
+    dv = delta_v(zp, zt)
+    np.testing.assert_allclose(dv, C_KMS * (zp - zt) / (1 + zt))
+    # |dv| = 2998, 19986, 75, 59958 km/s
+    assert dv_accuracy(zp, zt, 6000) == 0.5
+    assert dv_accuracy(zp, zt, 30000) == 0.75
+    np.testing.assert_allclose(dv_accuracy_curve(zp, zt, [100, 6000, 1e5]), [0.25, 0.5, 1.0])
+    with pytest.raises(ValueError, match="z_pred has 2"):
+        delta_v([1, 2], [1, 2, 3])
+
+
+def test_delta_v_keras_metric_matches_numpy_with_scaling():
+    import keras
+
+    from keras_astro.metrics import DeltaVAccuracy, dv_accuracy
+
+    rng = np.random.default_rng(0)
+    zmin, zmax = 0.1, 5.5
+    zt = rng.uniform(zmin, zmax, 200)
+    zp = zt + rng.normal(0, 0.05, 200)
+    m = DeltaVAccuracy(12000, z_min=zmin, z_max=zmax)
+    m.update_state((zt - zmin) / (zmax - zmin), (zp - zmin) / (zmax - zmin))
+    assert float(m.result()) == pytest.approx(dv_accuracy(zp, zt, 12000), abs=1e-6)
+    assert m.name == "dv_acc_12000"
+    m2 = keras.metrics.deserialize(keras.metrics.serialize(m))
+    assert m2.threshold_kms == 12000 and m2.z_max == zmax
