@@ -136,6 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="only the stratified quick subset")
     p.add_argument("--subjects", type=_csv_list, default=None, help="comma-separated FIRST names (default: all)")
     p.add_argument("--workers", type=int, default=2)
+
+    fnet = sub.add_parser("fnet", help="FNet: quasar redshifts from 4,618-pixel spectra (1-D ResNet)", description="FNet (Rastegar Nia et al.): the 24-layer 1-D ResNet with kernels 500/200/15 for quasar redshifts, trained on DR12Q-like spectra and tested on DR16Q-new and QuasarNET-failure spectra.")
+    fsub = fnet.add_subparsers(dest="fnet_command", metavar="ACTION", required=True)
+    p = fsub.add_parser("train", help="train and evaluate FNet (+ QuasarNET-style baseline)", description="Train FNet; writes DIR/metrics.json (dv_acc_6000/12000/30000 per test set), figures, model.keras and DIR/savedmodel (raw flux -> z).")
+    _add_common(p)
+    p.add_argument("--data", type=Path, default=None, help="spectrum store (.h5; raw or FNet grid). Default: embedded simulation")
+    p.add_argument("--n", type=int, default=None, help="simulated quasars (default 900 quick, 20,000 full)")
+    p.add_argument("--preset", choices=["paper", "paper_caption", "code", "tiny"], default="paper", help="network/training preset (default: paper)")
+    p.add_argument("--conv", choices=["auto", "fft", "direct"], default="auto", help="long-kernel convolution implementation (default auto: FFT for k >= 64)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per-replica batch (default 128; quick 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baseline", action="store_true", help="skip the QuasarNET-style baseline")
+    p = fsub.add_parser("mask", help="the line-masking test (2.8 <= z <= 3, lines masked; Fig. 7)", description="Train and test FNet on quasars with 2.8 <= z <= 3 with OVI, Lya, NV, SiIV+OIV, CIV, CIII and CII masked.")
+    _add_common(p)
+    p.add_argument("--data", type=Path, default=None)
+    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--conv", choices=["auto", "fft", "direct"], default="auto")
+    p = fsub.add_parser("predict", help="redshifts from an exported FNet for a store or spec-*.fits files", description="Run DIR/savedmodel on spectra; prints or writes specObjID and z.")
+    p.add_argument("inputs", type=Path, nargs="+", help="store (.h5) or spec-*.fits files")
+    p.add_argument("--model", type=Path, required=True, help="SavedModel folder (fnet train's DIR/savedmodel)")
+    p.add_argument("--out", type=Path, default=None, help="CSV to write (default: print JSON)")
     return parser
 
 
@@ -239,6 +262,27 @@ def _rgz(args) -> int:
     return 0
 
 
+def _fnet(args) -> int:
+    from keras_astro.studies import fnet
+
+    progress = not args.no_progress
+    if args.fnet_command == "train":
+        m = fnet.train_fnet(args.out, quick=args.quick, data=args.data, n=args.n, preset=args.preset, conv_impl=args.conv, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, baseline=not args.no_baseline, progress=progress)
+        _print({"test": m["fnet"].get("test"), "qn_fail": m["fnet"].get("qn_fail"), "out": str(args.out)})
+    elif args.fnet_command == "mask":
+        _print(fnet.line_mask_experiment(args.out, quick=args.quick, data=args.data, n=args.n, conv_impl=args.conv, epochs=args.epochs, progress=progress))
+    elif args.fnet_command == "predict":
+        res = fnet.predict(args.model, args.inputs)
+        if args.out:
+            import pandas as pd
+
+            pd.DataFrame(res).to_csv(args.out, index=False)
+            _print({"n": len(res["z"]), "out": str(args.out)})
+        else:
+            _print(res)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -262,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _spectra(args)
         elif args.command == "rgz":
             return _rgz(args)
+        elif args.command == "fnet":
+            return _fnet(args)
     except (FileNotFoundError, ValueError, KeyError, ConnectionError, RuntimeError, OSError) as exc:
         log.debug("error", exc_info=True)
         sys.stderr.write(f"keras-astro: error: {exc}\n")
