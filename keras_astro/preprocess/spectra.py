@@ -27,7 +27,7 @@ import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -66,18 +66,34 @@ class Resampled:
 
     Attributes
     ----------
-    fluxes, ivar : (N, K) float32 on the target grid (ivar = 0 on flagged pixels).
+    fluxes : (N, K) float32 on the target grid.
     flags : (N, K) uint8, 1 where the value was interpolated over a masked pixel or extrapolated.
     good_rows : (N,) bool, False for spectra that could not be resampled (all pixels masked, or too
         little overlap with the grid); their rows are zeros and fully flagged.
     reasons : dict row → reason for every rejected row.
+    ivar : (N, K) float32, the inverse variance of the nearest source pixel, 0 on flagged pixels
+        (computed on first access: models that only need fluxes do not pay for it).
     """
 
     fluxes: np.ndarray
-    ivar: np.ndarray
     flags: np.ndarray
     good_rows: np.ndarray
     reasons: dict[int, str]
+    _ivar_source: tuple | None = field(default=None, repr=False)
+    _ivar: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ivar(self) -> np.ndarray:
+        if self._ivar is None:
+            iv, nearest = self._ivar_source
+            if iv is None:
+                self._ivar = (self.flags == 0).astype(np.float32)
+            else:
+                out = np.take(iv, nearest, axis=1).astype(np.float32, copy=False)
+                np.copyto(out, np.float32(0), where=self.flags.view(bool))
+                self._ivar = out
+            self._ivar_source = None
+        return self._ivar
 
 
 def _bad_mask_bits() -> int:
@@ -167,9 +183,15 @@ def resample(
     xt = np.log10(target)
 
     # One pass per quantity over the (N, M) block: memory traffic, not arithmetic, is the cost.
-    good = np.isfinite(f)
     if iv is not None:
-        good &= iv > 0  # NaN ivar compares False
+        good = iv > 0  # NaN ivar compares False
+        # non-finite fluxes are rare: test pixels only in rows whose sum is not finite
+        with np.errstate(invalid="ignore", over="ignore"):
+            odd = np.flatnonzero(~np.isfinite(f.sum(axis=1)))
+        if odd.size:
+            good[odd] &= np.isfinite(f[odd])
+    else:
+        good = np.isfinite(f)
     if am is not None:
         good &= (am & _bad_mask_bits()) == 0
     any_good = good.any(axis=1)
@@ -252,7 +274,6 @@ def resample(
             flags[r, c] = True
     outside_frac = (c_first + (k_t - c_last)) / k_t
     coverage = 1.0 - np.minimum(outside_frac, 1.0)
-    iv_t = None if iv is None else np.take(iv, nearest, axis=1)
     first = np.where(any_good, first, -1)
 
     good_rows = np.ones(n, dtype=bool)
@@ -276,16 +297,12 @@ def resample(
             log.warning("%s: skipping spectrum %d: %s", source, r, why)
         if len(reasons) > 5:
             log.warning("%s: %d more spectra skipped", source, len(reasons) - 5)
-    if iv_t is None:
-        iv_t = (~flags).astype(np.float32)
-    else:
-        np.copyto(iv_t, np.float32(0), where=flags)
     return Resampled(
         fluxes=out.astype(np.float32, copy=False),
-        ivar=iv_t.astype(np.float32, copy=False),
         flags=flags.view(np.uint8),
         good_rows=good_rows,
         reasons=reasons,
+        _ivar_source=(iv, nearest),
     )
 
 
@@ -295,13 +312,17 @@ def fnet_normalise(fluxes: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     A constant spectrum has zero norm after centring and comes back as zeros.
     """
     f = _as_batch(fluxes, "fluxes").astype(np.float32, copy=False)
-    mean = f.mean(axis=1, dtype=np.float64, keepdims=True)
-    if not np.all(np.isfinite(mean)):
+    m = f.shape[1]
+    total = f.sum(axis=1, dtype=np.float64)
+    if not np.all(np.isfinite(total)):
         raise SpectrumError("fnet_normalise: fluxes contain NaN or inf; resample() first")
-    f = f - mean.astype(np.float32)
-    norm = np.sqrt(np.einsum("ij,ij->i", f, f, dtype=np.float64))[:, None]
-    f /= np.maximum(norm, eps).astype(np.float32)
-    return f
+    mean = total / m
+    # |x - mean|^2 = sum x^2 - m mean^2 (float64 accumulation), then one fused pass
+    sq = np.einsum("ij,ij->i", f, f, dtype=np.float64) - m * mean * mean
+    inv = 1.0 / np.maximum(np.sqrt(np.maximum(sq, 0.0)), eps)
+    out = f * inv.astype(np.float32)[:, None]
+    out -= (mean * inv).astype(np.float32)[:, None]
+    return out
 
 
 class PixelStandardiser:
