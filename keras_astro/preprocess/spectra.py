@@ -456,45 +456,46 @@ def equivalent_widths(
     scale = 1.0 + zz
     out = np.full((n, len(lines)), np.nan)
 
-    def window(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray):
-        """Padded pixel windows [lo, hi] (Å) of the given rows: columns, fluxes, usable, valid."""
-        a, b = _window_index(wl, lo, hi)
+    def windows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+        """Padded pixel windows [lo, hi] (Å, shape (R, S)) of the given rows, all segments at once:
+        columns, fluxes, usable and valid, each (R, S, W)."""
+        a = np.searchsorted(wl, lo.ravel(), side="left").reshape(lo.shape)
+        b = np.searchsorted(wl, hi.ravel(), side="right").reshape(hi.shape)
         width = int(max(1, (b - a).max(initial=1)))
-        cols = np.minimum(a[:, None] + np.arange(width)[None, :], m - 1)
-        valid = (a[:, None] + np.arange(width)[None, :]) < b[:, None]
-        flat = cols + (rows * m)[:, None]
+        raw = a[..., None] + np.arange(width)
+        valid = raw < b[..., None]
+        cols = np.minimum(raw, m - 1)
+        flat = cols + (rows * m)[:, None, None]
         return cols, f_flat[flat], valid & ~bad_flat[flat], valid
 
     for k, line in enumerate(lines):
         centers = np.asarray(line["centers"], dtype=np.float64)
         hw, cw = float(line["half_width"]), float(line["continuum"])
         # only the objects whose feature (with its side bands) lies on the grid are measured
-        rows = np.nonzero(((centers.min() - hw - cw) * scale >= wl[0]) & ((centers.max() + hw + cw) * scale <= wl[-1]))[
-            0
-        ]
+        rows = np.nonzero(((centers.min() - hw - cw) * scale >= wl[0]) & ((centers.max() + hw + cw) * scale <= wl[-1]))[0]
         if rows.size == 0:
             continue
         sc = scale[rows]
-        blue_lo, blue_hi = (centers.min() - hw - cw) * sc, (centers.min() - hw) * sc
-        red_lo, red_hi = (centers.max() + hw) * sc, (centers.max() + hw + cw) * sc
-        _, vb, ub, tb = window(rows, blue_lo, blue_hi)
-        _, vr, ur, tr = window(rows, red_lo, red_hi)
-        nb, nr = ub.sum(axis=1), ur.sum(axis=1)
-        fb = np.where(ub, vb, 0.0).sum(axis=1) / np.maximum(nb, 1)
-        fr = np.where(ur, vr, 0.0).sum(axis=1) / np.maximum(nr, 1)
-        ok = (nb > (1 - max_masked) * tb.sum(axis=1)) & (nr > (1 - max_masked) * tr.sum(axis=1)) & (nb > 0) & (nr > 0)
-        xb = 0.5 * (blue_lo + blue_hi)
-        xr = 0.5 * (red_lo + red_hi)
+        # segments: blue side band, red side band, then one window per line centre (rest Å)
+        seg_lo = np.array([centers.min() - hw - cw, centers.max() + hw, *(centers - hw)])
+        seg_hi = np.array([centers.min() - hw, centers.max() + hw + cw, *(centers + hw)])
+        lo, hi = sc[:, None] * seg_lo, sc[:, None] * seg_hi
+        cols, vals, use, valid = windows(rows, lo, hi)
+        n_use = use.sum(axis=2)
+        n_valid = valid.sum(axis=2)
+        means = np.where(use[:, :2], vals[:, :2], 0.0).sum(axis=2) / np.maximum(n_use[:, :2], 1)
+        fb, fr = means[:, 0], means[:, 1]
+        ok = np.all((n_use[:, :2] > (1 - max_masked) * n_valid[:, :2]) & (n_use[:, :2] > 0), axis=1)
+        xb = 0.5 * (lo[:, 0] + hi[:, 0])
+        xr = 0.5 * (lo[:, 1] + hi[:, 1])
         slope = (fr - fb) / (xr - xb)
-        ew = np.zeros(rows.size)
-        for c in centers:
-            cols, vals, use, valid = window(rows, (c - hw) * sc, (c + hw) * sc)
-            fc = fb[:, None] + slope[:, None] * (wl[cols] - xb[:, None])
-            ok &= np.all(fc > 0, axis=1, where=valid)
-            ok &= use.sum(axis=1) > (1 - max_masked) * np.maximum(valid.sum(axis=1), 1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                term = (1.0 - vals / fc) * dl[cols]
-            ew += term.sum(axis=1, where=use)
+        wc, wv, wu, wval = cols[:, 2:], vals[:, 2:], use[:, 2:], valid[:, 2:]
+        fc = fb[:, None, None] + slope[:, None, None] * (wl[wc] - xb[:, None, None])
+        ok &= np.all(fc > 0, axis=(1, 2), where=wval)
+        ok &= np.all(n_use[:, 2:] > (1 - max_masked) * np.maximum(n_valid[:, 2:], 1), axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            term = (1.0 - wv / fc) * dl[wc]
+        ew = term.sum(axis=(1, 2), where=wu)
         if frame == "rest":
             ew = ew / sc
         out[rows, k] = np.where(ok, ew, np.nan)
