@@ -144,6 +144,17 @@ def test_channels_first_and_dynamic_length():
         assert _rel(f(x[:, :n]).numpy(), direct(x[:, :n]).numpy()) < 1e-4
 
 
+@pytest.mark.parametrize("k", [1, 15])
+def test_channels_first_small_kernels(k):
+    rng = np.random.default_rng(16 + k)
+    x, w, b, direct, _ = _pair(rng, k, 5, 3, 101)
+    cf = FFTConv1D(3, k, data_format="channels_first")
+    cf.build((None, 5, 101))
+    cf.set_weights([w, b])
+    got = np.transpose(cf(np.transpose(x, (0, 2, 1))).numpy(), (0, 2, 1))
+    assert _rel(got, direct(x).numpy()) < 1e-5
+
+
 def test_float64_and_mixed_precision():
     rng = np.random.default_rng(4)
     x, w, b, direct, _ = _pair(rng, 64, 2, 3, 200)

@@ -162,11 +162,34 @@ def test_weights_move_between_implementations(impl):
     np.testing.assert_allclose(other(x, training=True).numpy(), direct(x, training=True).numpy(), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("stages", [None, ((4, 1), (16, 1))])
+def test_channels_first_fft_model_equals_direct(stages):
+    extra = {} if stages is None else {"stages": stages}
+    cfg = FNetConfig.preset("tiny", seed=7, **extra)
+    direct = build_fnet(cfg)
+    cf = build_fnet(cfg, conv_impl="fft", data_format="channels_first")
+    assert [(v.path, v.shape) for v in cf.weights] == [(v.path, v.shape) for v in direct.weights]
+    assert cf.get_layer("block1_conv1").output.shape[1:] == (cfg.stages[0][0], 256)
+    assert isinstance(cf.get_layer("block1_shortcut_conv"), FFTConv1D)
+    rng = np.random.default_rng(8)
+    cf.set_weights(
+        [np.abs(w) + 0.5 if "variance" in v.path else w for v, w in zip(direct.weights, direct.get_weights())]
+    )
+    direct.set_weights(cf.get_weights())
+    x = _spectra(rng, 4, 256)
+    want = direct(x, training=False).numpy()
+    np.testing.assert_allclose(cf(x, training=False).numpy(), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    with pytest.raises(ValueError, match="channels_first"):
+        build_fnet(cfg, conv_impl="auto", data_format="channels_first")
+
+
 def test_channel_axis_input():
     cfg = FNetConfig.preset("tiny", flat_input=False)
     m = build_fnet(cfg, conv_impl="auto")
     assert m.input_shape == (None, 256, 1)
     assert m(np.zeros((2, 256, 1), "float32")).shape == (2, 1)
+    cf = build_fnet(cfg, conv_impl="fft", data_format="channels_first")
+    assert cf.input_shape == (None, 256, 1) and cf(np.zeros((2, 256, 1), "float32")).shape == (2, 1)
 
 
 def test_compile_fnet_settings():
