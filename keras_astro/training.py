@@ -73,8 +73,8 @@ def fit_in_memory(
         Show a tqdm bar over epochs.
     jit_compile
         XLA-compile the training step. ``"auto"`` compiles mini-batch steps and leaves a
-        full-batch step to TensorFlow's own kernels, which are faster for batches of thousands on
-        CPU (see benchmarks/agn_cv.py).
+        full-batch step to TensorFlow's own (oneDNN) kernels, which are several times faster for
+        batches of thousands on CPU (benchmarks/agn_cv.py, docs/fidelity_agn_speed.md).
 
     Returns
     -------
@@ -111,8 +111,11 @@ def fit_in_memory(
         model.optimizer.apply(grads, trainable)
         return loss
 
+    keys = ("loss", "val_loss", "val_agn_completeness", "val_sfg_completeness", "val_accuracy")
+
     @tf.function
     def run_epoch():
+        """One epoch and the validation logs, returned as one (5,) tensor (a single host sync)."""
         total = tf.constant(0.0)
         if steps == 1:  # full batch: one step on the whole fold, order is irrelevant
             total += train_step(xt, yt)
@@ -123,7 +126,7 @@ def fit_in_memory(
                 total += train_step(tf.gather(xt, idx), tf.gather(yt, idx))
         logs = _val_logs(model, xvt, yvt)
         logs["loss"] = total / tf.cast(steps, tf.float32)
-        return logs
+        return tf.stack([tf.cast(logs[k], tf.float32) for k in keys])
 
     model.stop_training = False
     cb.on_train_begin()
@@ -131,7 +134,7 @@ def fit_in_memory(
     epoch = 0
     for epoch in range(epochs):
         cb.on_epoch_begin(epoch)
-        logs = {k: float(v) for k, v in run_epoch().items()}
+        logs = dict(zip(keys, run_epoch().numpy().tolist()))
         cb.on_epoch_end(epoch, logs)
         bar.update(1)
         if "monitor" in logs:

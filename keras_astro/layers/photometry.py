@@ -145,7 +145,6 @@ class ToeplitzConv2D(keras.layers.Conv2D):
             and tuple(self.dilation_rate) == (1, 1)
             and self.groups == 1
             and self.padding in ("same", "valid")
-            and getattr(self, "quantization_mode", None) is None
         ):
             return
         w_out, left = (w_in, (kw - 1) // 2) if self.padding == "same" else (w_in - kw + 1, 0)
@@ -166,7 +165,7 @@ class ToeplitzConv2D(keras.layers.Conv2D):
         return ops.reshape(blocks, (w_in * k.shape[1], w_out * k.shape[2]))
 
     def call(self, inputs):
-        if getattr(self, "_toeplitz", None) is None:
+        if getattr(self, "_toeplitz", None) is None or getattr(self, "quantization_mode", None) is not None:
             return super().call(inputs)
         _, w_in, w_out = self._toeplitz
         rows = inputs.shape[1] if inputs.shape[1] is not None else ops.shape(inputs)[1]
@@ -232,7 +231,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and self.scale
             and len(inputs.shape) == 4
             and self.axis in (3, -1)
-            and keras.backend.standardize_dtype(inputs.dtype) == "float32"
+            and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "bfloat16")
             and keras.backend.standardize_dtype(self.gamma.dtype) == "float32"
         )
 
@@ -251,6 +250,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             data_format="NHWC",
             is_training=True,
         )
+        y = tf.cast(y, self.compute_dtype)
         n = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
         var = var * ((n - 1.0) / tf.maximum(n, 1.0))
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
