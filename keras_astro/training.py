@@ -3,8 +3,8 @@
 Chen et al. (2021) train for thousands of epochs on 1,683 objects per fold, evaluating the Eq. 3
 monitor on the validation fold after every epoch. ``keras.Model.fit`` spends most of such an epoch
 in per-epoch bookkeeping, so :func:`fit_in_memory` keeps both folds on the device as tensors, runs
-each training step as one XLA-compiled function, computes the validation metrics in the graph,
-and only returns to Python once per epoch to drive ordinary Keras callbacks
+each training step as one compiled function (XLA for mini-batches), computes the validation
+metrics in the graph, and only returns to Python once per epoch to drive ordinary Keras callbacks
 (``keras.callbacks.CallbackList``; ``model.stop_training`` is honoured, ``model.history`` is set).
 
 Under a strategy with more than one replica (Mirrored, MultiWorkerMirrored) the same call falls

@@ -216,7 +216,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     Same constructor, config, variables and mathematics as ``keras.layers.BatchNormalization``;
     inference, masks, renorm, synchronised BN, ``center``/``scale`` off, inputs that are not
-    4-D channels-last float32, and non-TensorFlow backends use the Keras implementation.
+    4-D channels-last float32 or bfloat16, and non-TensorFlow backends use the Keras implementation.
     """
 
     def _fused_ok(self, inputs, training, mask) -> bool:
