@@ -107,7 +107,7 @@ def _as_meta_columns(meta: Mapping[str, Any] | pd.DataFrame, n: int, where: str)
             out[name] = arr.astype(dtype)
         else:
             try:
-                out[name] = arr.astype(dtype, casting="unsafe" if arr.dtype.kind in "iufb" else "unsafe")
+                out[name] = arr.astype(dtype)
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"{where}: meta column {name!r} cannot be stored as {dtype}: {exc}") from None
     ids = out["specObjID"]
