@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = fsub.add_parser("train", help="train and evaluate FNet (+ QuasarNET-style baseline)", description="Train FNet; writes DIR/metrics.json (dv_acc_6000/12000/30000 per test set), figures, model.keras and DIR/savedmodel (raw flux -> z).")
     _add_common(p)
     p.add_argument("--data", type=Path, default=None, help="spectrum store (.h5; raw or FNet grid). Default: embedded simulation")
-    p.add_argument("--n", type=int, default=None, help="simulated quasars (default 900 quick, 20,000 full)")
-    p.add_argument("--preset", choices=["paper", "paper_caption", "code", "tiny"], default="paper", help="network/training preset (default: paper)")
+    p.add_argument("--n", type=int, default=None, help="simulated quasars (default 600 quick, 20,000 full)")
+    p.add_argument("--preset", choices=["paper", "paper_caption", "code", "narrow", "tiny"], default=None, help="network/training preset (default: paper; narrow with --quick)")
     p.add_argument("--conv", choices=["auto", "fft", "direct"], default="auto", help="long-kernel convolution implementation (default auto: FFT for k >= 64)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per-replica batch (default 128; quick 16)")
@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None)
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--preset", choices=["paper", "paper_caption", "code", "narrow", "tiny"], default=None, help="network preset (default: paper; narrow with --quick)")
     p.add_argument("--conv", choices=["auto", "fft", "direct"], default="auto")
     p = fsub.add_parser("predict", help="redshifts from an exported FNet for a store or spec-*.fits files", description="Run DIR/savedmodel on spectra; prints or writes specObjID and z.")
     p.add_argument("inputs", type=Path, nargs="+", help="store (.h5) or spec-*.fits files")
@@ -270,7 +271,7 @@ def _fnet(args) -> int:
         m = fnet.train_fnet(args.out, quick=args.quick, data=args.data, n=args.n, preset=args.preset, conv_impl=args.conv, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, baseline=not args.no_baseline, progress=progress)
         _print({"test": m["fnet"].get("test"), "qn_fail": m["fnet"].get("qn_fail"), "out": str(args.out)})
     elif args.fnet_command == "mask":
-        _print(fnet.line_mask_experiment(args.out, quick=args.quick, data=args.data, n=args.n, conv_impl=args.conv, epochs=args.epochs, progress=progress))
+        _print(fnet.line_mask_experiment(args.out, quick=args.quick, data=args.data, n=args.n, preset=args.preset, conv_impl=args.conv, epochs=args.epochs, progress=progress))
     elif args.fnet_command == "predict":
         res = fnet.predict(args.model, args.inputs)
         if args.out:

@@ -61,6 +61,9 @@ _TINY: dict[str, Any] = dict(
     epochs=3,
 )
 
+# The paper's network with a quarter of the channels (ours): ``--quick`` on two CPU cores.
+_NARROW: dict[str, Any] = dict(stages=((8, 5), (16, 1), (8, 1), (1, 1)))
+
 
 def _stages(value) -> tuple[tuple[int, int], ...]:
     return tuple((int(c), int(n)) for c, n in value)
@@ -166,13 +169,16 @@ class FNetConfig:
         ``paper`` — the defaults (code's 8 blocks, Sec 3.2 training);
         ``paper_caption`` — Fig. 2 caption's 21 blocks of 32 then 64, 32, 16 channels (72 convs);
         ``code`` — the authors' code's training: lr 2e-5 with ReduceLROnPlateau, batch 128;
-        ``tiny`` — 256 pixels, kernels (64, 16, 5), few channels: the same code paths for CPU tests.
+        ``tiny`` — 256 pixels, kernels (64, 16, 5), few channels: the same code paths for CPU tests;
+        ``narrow`` — the paper's grid, kernels and 24-layer layout with a quarter of the channels
+        (8 × 5, 16, 8, 1): ``--quick`` runs on a CPU (ours, docs/fidelity.md).
         """
         presets: dict[str, dict[str, Any]] = {
             "paper": {},
             "paper_caption": {"stages": _stages(_SPEC["presets"]["paper_caption"]["stages"])},
             "code": {"learning_rate": float(_CODE["learning_rate"]), "lr_schedule": str(_CODE["lr_schedule"])},
             "tiny": dict(_TINY),
+            "narrow": dict(_NARROW),
         }
         if name not in presets:
             raise ValueError(f"unknown FNet preset {name!r}; known: {sorted(presets)}")

@@ -40,8 +40,10 @@ __all__ = [
 ]
 
 THRESHOLDS = (6000, 12000, 30000)  # km/s, Sec 4
-#: ``--quick``: a few hundred simulated quasars and a couple of epochs (2 CPU cores, ~2 minutes).
-QUICK = {"n_spectra": 900, "epochs": 2, "batch_size": 16}
+#: ``--quick``: a few hundred simulated quasars, a few epochs, and the paper's network with a quarter
+#: of its channels (``FNetConfig.preset("narrow")``: same grid, kernels and 24 layers), so that the
+#: run fits ``reproduce --quick`` on two CPU cores (about 1.5 minutes; docs/fidelity.md).
+QUICK = {"n_spectra": 600, "epochs": 3, "batch_size": 16, "preset": "narrow"}
 FULL = {"n_spectra": 20000, "epochs": None, "batch_size": None}
 
 
@@ -180,8 +182,11 @@ def _dataset(
 
 
 def _predict_z(model, data: FNetData, rows: np.ndarray, batch_size: int, transform=None) -> np.ndarray:
+    from keras_astro.layers.fft_conv import frozen_kernel_spectra
+
     ds = _dataset(data, rows, batch_size=batch_size, shuffle=False, seed=0, labels=False, transform=transform)
-    y = model.predict(ds, verbose=0).reshape(-1)
+    with frozen_kernel_spectra(model):  # kernel transforms once, not per batch (no-op for direct convs)
+        y = model.predict(ds, verbose=0).reshape(-1)
     return data.z_min + y.astype(np.float64) * (data.z_max - data.z_min)
 
 
@@ -322,7 +327,7 @@ def train_fnet(
     quick: bool = False,
     data: str | os.PathLike | None = None,
     n: int | None = None,
-    preset: str = "paper",
+    preset: str | None = None,
     conv_impl: str = "auto",
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -349,6 +354,7 @@ def train_fnet(
     t0 = time.perf_counter()
     keras.utils.set_random_seed(seed)
     d = prepare_data(data, n=n, quick=quick, seed=seed, progress=progress)
+    preset = preset or (QUICK["preset"] if quick else "paper")
     cfg = FNetConfig.preset(preset, seed=seed, input_length=int(d.wavelengths.size))
     epochs = epochs or (QUICK["epochs"] if quick else cfg.epochs)
     per_replica = batch_size or (QUICK["batch_size"] if quick else cfg.batch_size)
@@ -416,7 +422,7 @@ def line_mask_experiment(
     quick: bool = False,
     data=None,
     n: int | None = None,
-    preset: str = "paper",
+    preset: str | None = None,
     conv_impl: str = "auto",
     epochs: int | None = None,
     seed: int = 0,
@@ -445,6 +451,7 @@ def line_mask_experiment(
         f, _ = mask_lines(arrays["fluxes"], wl, meta["z"].to_numpy())
         return {"fluxes": f}
 
+    preset = preset or (QUICK["preset"] if quick else "paper")
     cfg = FNetConfig.preset(preset, seed=seed, lr_schedule="constant", input_length=int(d.wavelengths.size))
     model = build_fnet(cfg, conv_impl=conv_impl)
     compile_fnet(model, cfg)

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 #: budgets add up to less than the 10 minutes promised for ``reproduce --quick`` on 2 CPU cores.
 STUDIES: dict[str, tuple[str, str, int]] = {
     "agn": ("keras_astro.studies.agn", "Chen et al. 2021, AGN recognition (seed 000)", 180),
+    "fnet": ("keras_astro.studies.fnet", "Rastegar Nia et al., FNet quasar redshifts (seed 002)", 120),
+    "spectra": ("keras_astro.studies.spectra", "Csepreghy 2020, SDSS spectral classification (seed 003)", 150),
+    "claran": ("keras_astro.studies.claran", "Wu et al. 2019, CLARAN radio morphologies (seed 001)", 120),
 }
 
 

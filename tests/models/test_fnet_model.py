@@ -127,6 +127,9 @@ def test_presets():
     assert (code.learning_rate, code.lr_schedule, code.batch_size) == (2e-5, "plateau", 128)
     tiny = FNetConfig.preset("tiny", seed=3)
     assert tiny.input_length == 256 and tiny.seed == 3
+    narrow = FNetConfig.preset("narrow")  # --quick: the paper's grid, kernels and 24 layers, 1/4 channels
+    assert (narrow.input_length, narrow.kernels, narrow.n_conv_layers) == (4618, (500, 200, 15), 24)
+    assert narrow.stages == ((8, 5), (16, 1), (8, 1), (1, 1)) and narrow.learning_rate == paper.learning_rate
     with pytest.raises(ValueError, match="unknown FNet preset"):
         FNetConfig.preset("huge")
     with pytest.raises(ValueError, match="lr_schedule"):
