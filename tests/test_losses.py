@@ -59,3 +59,67 @@ def test_serialization_round_trip():
 def test_bad_parameters_raise(kw):
     with pytest.raises(ValueError):
         BinaryFocalLoss(**kw)
+
+
+# --- detection losses (CLARAN Eq. 4, 6, 9, 10) -----------------------------------------------
+from keras_astro.losses import (  # noqa: E402
+    SmoothL1Loss,
+    masked_sparse_softmax_cross_entropy,
+    smooth_l1,
+    weighted_smooth_l1,
+)
+
+
+def smooth_l1_reference(x, sigma):
+    s2 = sigma**2
+    return np.where(np.abs(x) < 1 / s2, 0.5 * s2 * x**2, np.abs(x) - 0.5 / s2)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 3.0])
+def test_smooth_l1_matches_numpy(rng, sigma):
+    x = rng.normal(scale=0.6, size=(7, 4)).astype("float32")
+    np.testing.assert_allclose(np.asarray(smooth_l1(x, sigma)), smooth_l1_reference(x, sigma), rtol=1e-6, atol=1e-7)
+
+
+def test_smooth_l1_sigma1_is_huber(rng):
+    x = rng.normal(size=(50,)).astype("float32")
+    huber = float(keras.losses.Huber(delta=1.0)(np.zeros_like(x), x))
+    np.testing.assert_allclose(float(np.mean(np.asarray(smooth_l1(x, 1.0)))), huber, rtol=1e-5)
+
+
+def test_smooth_l1_is_continuous_at_the_knee():
+    for sigma in (1.0, 3.0):
+        k = 1 / sigma**2
+        a, b = np.asarray(smooth_l1(np.array([k - 1e-4, k + 1e-4], "float32"), sigma))
+        assert abs(a - b) < 1e-3
+
+
+def test_weighted_smooth_l1_masks_and_normalises(rng):
+    t = rng.normal(size=(2, 5, 4)).astype("float32")
+    p = rng.normal(size=(2, 5, 4)).astype("float32")
+    w = (rng.random((2, 5, 1)) < 0.5).astype("float32") * np.ones((1, 1, 4), "float32")
+    got = float(weighted_smooth_l1(t, p, w, sigma=3.0, normalizer=7.0))
+    np.testing.assert_allclose(got, (w * smooth_l1_reference(p - t, 3.0)).sum() / 7.0, rtol=1e-5)
+    assert float(weighted_smooth_l1(t, p, np.zeros_like(w), normalizer=0.0)) == 0.0
+
+
+def test_masked_softmax_cross_entropy_matches_numpy(rng):
+    logits = rng.normal(size=(3, 6, 7)).astype("float32")
+    labels = rng.integers(-1, 7, size=(3, 6)).astype("int32")
+    mask = labels >= 0
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    ref = -np.take_along_axis(logp, np.maximum(labels, 0)[..., None], -1)[..., 0][mask].mean()
+    np.testing.assert_allclose(float(masked_sparse_softmax_cross_entropy(labels, logits, mask)), ref, rtol=1e-5)
+    assert float(masked_sparse_softmax_cross_entropy(labels, logits, np.zeros_like(mask))) == 0.0
+
+
+def test_smooth_l1_loss_class_and_round_trip(rng):
+    t = rng.normal(size=(8, 28)).astype("float32")
+    p = rng.normal(size=(8, 28)).astype("float32")
+    loss = SmoothL1Loss(sigma=1.0)
+    np.testing.assert_allclose(float(loss(t, p)), smooth_l1_reference(p - t, 1.0).sum(-1).mean(), rtol=1e-5)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(SmoothL1Loss(sigma=3.0)))
+    assert isinstance(again, SmoothL1Loss) and again.sigma == 3.0
+    with pytest.raises(ValueError):
+        SmoothL1Loss(sigma=0.0)
