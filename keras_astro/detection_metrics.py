@@ -661,9 +661,12 @@ def plot_pr_curves(result: Mapping, path, title: str | None = None):
     for name, (recall, precision) in result["pr"].items():
         if result["n_gt"].get(name, 0) == 0:
             continue
-        r = np.concatenate([[0.0], np.asarray(recall, float)])
         p = np.asarray(precision, float)
-        p = np.concatenate([p[:1], p])  # the curve starts at recall 0 with the first precision
+        if p.size == 0:  # ground truth but no detection of this class: AP 0, a point at (0, 0)
+            r, p = np.zeros(1), np.zeros(1)
+        else:
+            r = np.concatenate([[0.0], np.asarray(recall, float)])
+            p = np.concatenate([p[:1], p])  # the curve starts at recall 0 with the first precision
         ax.plot(r, p, drawstyle="steps-post", label=f"{name} (AP = {result['ap'][name]:.4f})")
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.05)

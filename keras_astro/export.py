@@ -60,7 +60,7 @@ def export_savedmodel(
     """Export ``model`` (ideally from :func:`serving_model`) as a TensorFlow SavedModel.
 
     The SavedModel has one endpoint, ``signature``, taking a tensor named ``input_spec.name`` and
-    returning ``{output_name: predictions}``. The export is written to a temporary folder and
+    returning ``{output_name: predictions}`` (a model with dict outputs returns its own dict). The export is written to a temporary folder and
     moved into place, so an interrupted export leaves nothing behind. ``metadata`` is written as
     ``keras_astro.json`` inside the SavedModel folder.
     """
@@ -72,7 +72,8 @@ def export_savedmodel(
         archive.track(model)
 
         def serve(x):
-            return {output_name: model(x, training=False)}
+            y = model(x, training=False)
+            return dict(y) if isinstance(y, dict) else {output_name: y}  # dict outputs keep their names
 
         archive.add_endpoint(name=signature, fn=serve, input_signature=[input_spec])
         archive.write_out(str(tmp / "sm"), verbose=False)

@@ -257,6 +257,14 @@ def test_plot_pr_curves_writes_a_png(tmp_path):
         plot_pr_curves({"ap": {}}, tmp_path / "x.png")
 
 
+def test_plot_pr_curves_with_a_class_that_was_never_detected(tmp_path):
+    gts = [{"boxes": np.array([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "classes": np.array([1, 2])}]
+    dets = [{"boxes": np.array([[0.0, 0, 10, 10]]), "classes": np.array([1]), "scores": np.array([0.9])}]
+    res = evaluate_detections(dets, gts, NAMES)
+    assert res["ap"][NAMES[1]] == 0.0
+    assert plot_pr_curves(res, tmp_path / "pr.png").stat().st_size > 1000
+
+
 def test_bad_inputs_name_the_problem():
     dets, gts = _fp_tp_tp_fp_tp()
     with pytest.raises(ValueError, match="detections has 1 images but ground_truth has 2"):
