@@ -90,10 +90,12 @@ def export_savedmodel(
 
 def load_signature(path: str | os.PathLike, signature: str = SIGNATURE):
     """Load a SavedModel with ``tf.saved_model.load`` and return (module, signature function)."""
+    from keras_astro.safety import load_savedmodel_safely
+
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{path} is not a SavedModel folder (no saved_model.pb)")
-    module = tf.saved_model.load(str(path))
+    module = load_savedmodel_safely(path)  # refuses graphs that call unsaved Python functions
     if signature not in module.signatures:
         raise KeyError(f"{path} has signatures {list(module.signatures)}, not {signature!r}")
     return module, module.signatures[signature]

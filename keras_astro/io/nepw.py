@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from astropy.io import fits
 from astropy.table import Table
 
 from keras_astro import specs
+from keras_astro.io._fits import fits_damage
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,8 @@ def write_catalogue(table: Table, path: str | os.PathLike, *, meta: Mapping | No
     os.close(fd)
     try:
         if fmt == "fits":
-            out.write(tmp, format="fits", overwrite=True)
+            # CHECKSUM/DATASUM keywords (FITS checksum convention): read_catalogue detects damaged bytes
+            fits.table_to_hdu(out, character_as_bytes=True).writeto(tmp, overwrite=True, checksum=True)
         else:
             out.write(tmp, format="ascii.csv", overwrite=True)
         os.replace(tmp, path)
@@ -152,9 +155,18 @@ def read_catalogue(path: str | os.PathLike) -> Table:
         raise FileNotFoundError(f"catalogue {path} does not exist")
     fmt = _format_of(path)
     try:
-        return Table.read(path, format="fits" if fmt == "fits" else "ascii.csv")
+        if fmt != "fits":
+            return Table.read(path, format="ascii.csv")
+        with fits.open(path, memmap=False) as hdul:
+            # a short file, or CHECKSUM/DATASUM (written by write_catalogue) that do not match
+            damage = fits_damage(hdul, path)
+            if damage:
+                raise CatalogueError(f"{path}: corrupt or truncated FITS file ({'; '.join(damage)})")
+            return Table.read(hdul, format="fits")
+    except CatalogueError:
+        raise
     except Exception as exc:  # astropy raises many types for malformed files
-        raise CatalogueError(f"{path}: cannot be read as a {fmt.upper()} table ({exc})") from exc
+        raise CatalogueError(f"{path}: cannot be read as a {fmt.upper()} table ({type(exc).__name__}: {exc})") from exc
 
 
 def _format_of(path: Path) -> str:
@@ -233,6 +245,10 @@ def catalogue_to_photometry(
         if not np.isfinite(mag[~mag_missing]).all():
             rows = np.flatnonzero(~mag_missing & ~np.isfinite(mag))[:5].tolist()
             raise CatalogueError(f"{source}: column {mc!r} has non-finite magnitudes (rows {rows})")
+        infinite = ~err_missing & np.isinf(err)
+        if infinite.any():
+            rows = np.flatnonzero(infinite)[:5].tolist()
+            raise CatalogueError(f"{source}: column {ec!r} has infinite errors (rows {rows}); expected finite errors > 0 mag")
         nonpos = ~err_missing & ~(err > 0)
         if nonpos.any():
             rows = np.flatnonzero(nonpos)[:5].tolist()

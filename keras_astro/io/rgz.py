@@ -218,11 +218,24 @@ class RGZCatalogue:
 
 
 def load_catalogue(path: str | os.PathLike | None = None) -> RGZCatalogue:
-    """Load the CLARAN RGZ catalogue (default: the copy shipped in the package)."""
+    """Load the CLARAN RGZ catalogue (default: the copy shipped in the package).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CatalogueError
+        If the file is not readable CSV (undecodable bytes, ragged rows), lacks a column, or a row
+        holds a value of the wrong kind (a non-integer count, a NaN extent, a class outside
+        Table 3, …); the message names the file, and the line and subject where it applies.
+    """
     path = Path(path) if path is not None else catalogue_path()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no RGZ catalogue")
-    df = pd.read_csv(path, dtype={"first_id": str, "cpnts_ras": str, "cpnts_decs": str})
+    try:
+        df = pd.read_csv(path, dtype={"first_id": str, "cpnts_ras": str, "cpnts_decs": str})
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OverflowError) as exc:
+        raise CatalogueError(f"{path}: not a readable CSV catalogue ({type(exc).__name__}: {exc})") from None
     need = [
         "catalog_id",
         "first_id",
@@ -237,39 +250,70 @@ def load_catalogue(path: str | os.PathLike | None = None) -> RGZCatalogue:
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise CatalogueError(f"{path}: missing column(s) {missing}; expected {need}")
+    numbers = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in need if c not in _TEXT_COLUMNS}
+    labels = set(class_names())
     grouped: dict[str, list[Source]] = {}
-    for row in df.itertuples(index=False):
+    for i, row in enumerate(df.itertuples(index=False)):
         name = str(row.first_id)
-        ras = _floats(row.cpnts_ras, "cpnts_ras", name)
-        decs = _floats(row.cpnts_decs, "cpnts_decs", name)
+        where = f"{path}, line {i + 2}"
+        vals = {c: v[i] for c, v in numbers.items()}
+        for c in ("catalog_id", "num_cpnts", "num_peaks", "training"):
+            v = vals[c]
+            if not (np.isfinite(v) and v == int(v)) or v < 0:
+                raise CatalogueError(f"{where}: subject {name}: {c} {getattr(row, c)!r} is not a non-negative integer")
+        if vals["training"] not in (0, 1):
+            raise CatalogueError(f"{where}: subject {name}: training {row.training!r} is not 0 or 1")
+        if not np.isfinite(vals["cl"]):
+            raise CatalogueError(f"{where}: subject {name}: consensus level cl {row.cl!r} is not a number")
+        try:
+            ras = _floats(row.cpnts_ras, "cpnts_ras", name)
+            decs = _floats(row.cpnts_decs, "cpnts_decs", name)
+        except CatalogueError as exc:
+            raise CatalogueError(f"{where}: {exc}") from None
         if len(ras) != len(decs):
-            raise CatalogueError(f"subject {name}: source {row.catalog_id} has {len(ras)} RAs but {len(decs)} Decs")
-        if len(ras) != int(row.num_cpnts):
             raise CatalogueError(
-                f"subject {name}: source {row.catalog_id} lists {len(ras)} components, num_cpnts says {row.num_cpnts}"
+                f"{where}: subject {name}: source {row.catalog_id} has {len(ras)} RAs but {len(decs)} Decs"
             )
-        if not (np.isfinite(row.ang_extent) and row.ang_extent > 0):
-            raise CatalogueError(f"subject {name}: source {row.catalog_id} has angular extent {row.ang_extent!r}")
+        if len(ras) != int(vals["num_cpnts"]):
+            raise CatalogueError(
+                f"{where}: subject {name}: source {row.catalog_id} lists {len(ras)} components, "
+                f"num_cpnts says {row.num_cpnts}"
+            )
+        if not (np.isfinite(vals["ang_extent"]) and vals["ang_extent"] > 0):
+            raise CatalogueError(
+                f"{where}: subject {name}: source {row.catalog_id} has angular extent {row.ang_extent!r}"
+            )
+        label = f"{int(vals['num_cpnts'])}C_{int(vals['num_peaks'])}P"
+        if label not in labels:
+            raise CatalogueError(
+                f"{where}: subject {name}: source {row.catalog_id} is {label}, not one of the classes {sorted(labels)}"
+            )
         grouped.setdefault(name, []).append(
             Source(
-                catalog_id=int(row.catalog_id),
+                catalog_id=int(vals["catalog_id"]),
                 subject=name,
-                num_cpnts=int(row.num_cpnts),
-                num_peaks=int(row.num_peaks),
+                num_cpnts=int(vals["num_cpnts"]),
+                num_peaks=int(vals["num_peaks"]),
                 ras=ras,
                 decs=decs,
-                ang_extent=float(row.ang_extent),
-                cl=float(row.cl),
-                training=bool(int(row.training)),
+                ang_extent=float(vals["ang_extent"]),
+                cl=float(vals["cl"]),
+                training=bool(vals["training"]),
             )
         )
     subjects = []
     for name, sources in grouped.items():
         if len({s.training for s in sources}) != 1:
-            raise CatalogueError(f"subject {name}: its sources are split between training and testing")
-        ra, dec = parse_first_id(name)
+            raise CatalogueError(f"{path}: subject {name}: its sources are split between training and testing")
+        try:
+            ra, dec = parse_first_id(name)
+        except CatalogueError as exc:
+            raise CatalogueError(f"{path}: {exc}") from None
         subjects.append(Subject(name=name, ra=ra, dec=dec, sources=tuple(sources)))
     return RGZCatalogue(subjects, path)
+
+
+_TEXT_COLUMNS = ("first_id", "cpnts_ras", "cpnts_decs")
 
 
 def subject_wcs(subject: Subject | tuple[float, float], *, size: int | None = None, pixel_arcsec: float | None = None):

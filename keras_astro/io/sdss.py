@@ -54,6 +54,7 @@ from astropy.table import Table, vstack
 
 from keras_astro import __version__, specs
 from keras_astro.io import spectra_store
+from keras_astro.io._fits import fits_damage
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ __all__ = [
     "query_columns",
     "read_dr16q",
     "read_spec_fits",
+    "read_targets",
     "run2d_code",
     "spec_file_name",
     "spectra_from_fits_dir",
@@ -529,6 +531,9 @@ def read_spec_fits(path: str | os.PathLike) -> SDSSSpectrum:
     try:
         with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
             _check_complete(hdul, path)
+            damage = fits_damage(hdul, path)  # CHECKSUM/DATASUM of files written by write_spec_fits
+            if damage:
+                raise SpectraIOError(f"{path}: corrupt FITS file ({'; '.join(damage)})", unreadable=True)
             coadd = _hdu_by_name(hdul, "COADD", path)
             specobj = _hdu_by_name(hdul, "SPECOBJ", path)
             header = hdul[0].header
@@ -547,7 +552,7 @@ def read_spec_fits(path: str | os.PathLike) -> SDSSSpectrum:
             header_run2d = header.get("RUN2D")
     except (SpectraIOError, FileNotFoundError):
         raise
-    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as exc:
+    except Exception as exc:  # astropy raises OSError, ValueError, VerifyError, AssertionError … for broken bytes
         raise SpectraIOError(
             f"{path}: not a readable SDSS spec FITS file ({type(exc).__name__}: {exc})", unreadable=True
         ) from None
@@ -570,7 +575,13 @@ def read_spec_fits(path: str | os.PathLike) -> SDSSSpectrum:
     for col in ("PLATE", "MJD", "FIBERID", "Z", "Z_ERR", "CLASS", "SUBCLASS", "PLUG_RA", "PLUG_DEC"):
         if col not in row:
             raise SpectraIOError(f"{path}: SPECOBJ HDU has no '{col}' column; columns present: {list(snames)}")
-    plate, mjd, fiberid = int(row["PLATE"]), int(row["MJD"]), int(row["FIBERID"])
+    try:
+        plate, mjd, fiberid = int(row["PLATE"]), int(row["MJD"]), int(row["FIBERID"])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpectraIOError(
+            f"{path}: SPECOBJ PLATE/MJD/FIBERID {row['PLATE']!r}/{row['MJD']!r}/{row['FIBERID']!r} are not integers "
+            f"({exc})"
+        ) from None
     sid_raw = row.get("SPECOBJID")
     try:
         if sid_raw is not None and str(sid_raw).strip() not in ("", "0"):
@@ -584,26 +595,29 @@ def read_spec_fits(path: str | os.PathLike) -> SDSSSpectrum:
         if isinstance(exc, SpectraIOError):
             raise
         raise SpectraIOError(f"{path}: bad SPECOBJID {sid_raw!r} ({exc})") from None
-    sn = row.get("SN_MEDIAN_ALL")
-    sn = (
-        float(sn)
-        if sn is not None and np.isscalar(sn) and math.isfinite(float(sn))
-        else _median_sn(flux, ivar, and_mask)
-    )
-    meta = {
-        "specObjID": specobjid,
-        "plate": plate,
-        "mjd": mjd,
-        "fiberid": fiberid,
-        "ra": float(row["PLUG_RA"]),
-        "dec": float(row["PLUG_DEC"]),
-        "z": float(row["Z"]),
-        "zErr": float(row["Z_ERR"]),
-        "class": str(row["CLASS"]),
-        "subClass": str(row["SUBCLASS"]),
-        "sn_median": sn,
-        "source": source,
-    }
+    try:
+        sn = row.get("SN_MEDIAN_ALL")
+        sn = (
+            float(sn)
+            if sn is not None and np.isscalar(sn) and math.isfinite(float(sn))
+            else _median_sn(flux, ivar, and_mask)
+        )
+        meta = {
+            "specObjID": specobjid,
+            "plate": plate,
+            "mjd": mjd,
+            "fiberid": fiberid,
+            "ra": float(row["PLUG_RA"]),
+            "dec": float(row["PLUG_DEC"]),
+            "z": float(row["Z"]),
+            "zErr": float(row["Z_ERR"]),
+            "class": str(row["CLASS"]),
+            "subClass": str(row["SUBCLASS"]),
+            "sn_median": sn,
+            "source": source,
+        }
+    except (TypeError, ValueError) as exc:
+        raise SpectraIOError(f"{path}: a SPECOBJ value has the wrong type ({exc})") from None
     return SDSSSpectrum(path=path, loglam=loglam, flux=flux, ivar=ivar, and_mask=and_mask, meta=meta)
 
 
@@ -622,7 +636,7 @@ def _atomic_write_hdul(hdul: fits.HDUList, path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        hdul.writeto(tmp, overwrite=True, checksum=False)
+        hdul.writeto(tmp, overwrite=True, checksum=True)  # CHECKSUM/DATASUM: readers detect damaged bytes
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -675,7 +689,7 @@ def write_spec_fits(
     Raises
     ------
     SpectraIOError
-        For arrays of different lengths or missing plate/MJD/fibre.
+        For arrays of different lengths or not of real numbers, non-finite loglam, or missing plate/MJD/fibre.
     """
     path = Path(path)
     arrays = {"loglam": loglam, "flux": flux, "ivar": ivar, "and_mask": and_mask}
@@ -683,6 +697,12 @@ def write_spec_fits(
     n = arrays["flux"].size
     if n == 0 or any(a.size != n for a in arrays.values()):
         raise SpectraIOError(f"{path}: loglam, flux, ivar and and_mask must be non-empty and equally long")
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise SpectraIOError(f"{path}: {k} must hold real numbers, got dtype {a.dtype}")
+    ll = arrays["loglam"].astype(np.float64)
+    if not np.all(np.isfinite(ll)):  # COEFF0/COEFF1 header cards cannot hold NaN or inf
+        raise SpectraIOError(f"{path}: loglam must be finite")
     extra = {"or_mask": or_mask, "wdisp": wdisp, "sky": sky, "model": model}
     for k, v in extra.items():
         if v is not None and np.asarray(v).size != n:
@@ -710,7 +730,6 @@ def write_spec_fits(
     am32 = arrays["and_mask"].astype(np.int32)
     sn = _meta_get(meta, "sn_median")
     sn = float(sn) if sn is not None and math.isfinite(float(sn)) else _median_sn(f32, iv32, am32)
-    ll = arrays["loglam"].astype(np.float64)
     legacy = run2d in [str(r) for r in _query_spec()["sas"]["legacy_run2d"]]
 
     hdr = fits.Header()
@@ -719,10 +738,11 @@ def write_spec_fits(
     hdr["PLATEID"] = (plate, "SDSS plate number")
     hdr["MJD"] = (mjd, "MJD of observation")
     hdr["FIBERID"] = (fiberid, "fiber number")
-    hdr["RA"] = (ra, "[deg] object RA (real files: plate centre)")
-    hdr["DEC"] = (dec, "[deg] object Dec (real files: plate centre)")
-    hdr["PLUG_RA"] = (ra, "[deg] RA of the fibre")
-    hdr["PLUG_DEC"] = (dec, "[deg] Dec of the fibre")
+    if math.isfinite(ra) and math.isfinite(dec):  # FITS headers cannot hold NaN (the documented default)
+        hdr["RA"] = (ra, "[deg] object RA (real files: plate centre)")
+        hdr["DEC"] = (dec, "[deg] object Dec (real files: plate centre)")
+        hdr["PLUG_RA"] = (ra, "[deg] RA of the fibre")
+        hdr["PLUG_DEC"] = (dec, "[deg] Dec of the fibre")
     hdr["RUN2D"] = (run2d, "spectro-2D reduction name")
     hdr["COEFF0"] = (float(ll[0]), "log10 of the first wavelength (A)")
     hdr["COEFF1"] = (float(np.median(np.diff(ll))) if n > 1 else 1e-4, "log10 dispersion per pixel")
@@ -1035,6 +1055,54 @@ def _targets_frame(targets: Table | pd.DataFrame) -> tuple[list[_Target], list[t
         run2d = _norm_run2d(row[rc]) if rc is not None else None
         parsed.append(_Target(i, plate, mjd, fiber, sid, run2d, row))
     return parsed, bad
+
+
+def read_targets(path: str | os.PathLike) -> Table:
+    """Read a target list for :meth:`SDSSClient.download_spectra` from a CSV file.
+
+    Parameters
+    ----------
+    path
+        CSV with a header line, e.g. what ``keras-astro spectra query`` writes: ``plate``,
+        ``mjd``, ``fiberID`` (any case) and optionally ``specObjID``, ``run2d`` and further columns.
+
+    Returns
+    -------
+    astropy.table.Table
+        The rows as read; values of single rows are not judged here (``download_spectra``
+        reports unusable rows as failures with the reason).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    SpectraIOError
+        If the file is not readable CSV (undecodable bytes, rows with more fields than the header)
+        or lacks the plate, mjd or fiberID column; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such targets file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy warns about masked ints etc.; the rows are judged later
+            table = Table.read(path, format="ascii.csv", encoding="utf-8")
+    except Exception as exc:  # astropy raises InconsistentTableError, UnicodeDecodeError, ValueError ...
+        raise SpectraIOError(
+            f"{path}: not a readable CSV target list ({type(exc).__name__}: {str(exc)[:300]})", unreadable=True
+        ) from None
+    names = [str(c) for c in table.colnames]
+    missing = [
+        w
+        for w, c in (("plate", ("plate",)), ("mjd", ("mjd",)), ("fiberid", ("fiberid", "fiberID")))
+        if _find_column(names, *c) is None
+    ]
+    if missing:
+        raise SpectraIOError(
+            f"{path}: target list lacks column(s) {missing} (needed to download by plate-MJD-fibre); "
+            f"columns: {names[:20]}"
+        )
+    return table
 
 
 def _write_failures_csv(
@@ -1725,15 +1793,29 @@ def read_dr16q(path: str | os.PathLike, *, columns: Sequence[str] | None = None)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such DR16Q file")
     try:
-        hdul = fits.open(path, memmap=True)
-    except (OSError, ValueError) as exc:
-        raise SpectraIOError(f"{path}: not a readable FITS file ({exc})", unreadable=True) from None
-    with hdul:
+        df = _read_dr16q_table(path, spec, columns)
+    except SpectraIOError:
+        raise
+    except Exception as exc:  # astropy raises OSError, ValueError, VerifyError, KeyError … for broken bytes
+        raise SpectraIOError(
+            f"{path}: not a readable DR16Q FITS file ({type(exc).__name__}: {exc})", unreadable=True
+        ) from None
+    log.info("read %d DR16Q rows (%d columns) from %s", len(df), df.shape[1], path)
+    return df
+
+
+def _read_dr16q_table(path: Path, spec: Mapping[str, Any], columns: Sequence[str] | None) -> pd.DataFrame:
+    """The body of :func:`read_dr16q` (its caller turns astropy's exceptions into SpectraIOError)."""
+    with fits.open(path, memmap=True) as hdul:
+        _check_complete(hdul, path)
+        damage = fits_damage(hdul, path)  # CHECKSUM/DATASUM, when the file carries them
+        if damage:
+            raise SpectraIOError(f"{path}: corrupt FITS file ({'; '.join(damage)})", unreadable=True)
         idx = int(spec["hdu"])
         if len(hdul) <= idx or not isinstance(hdul[idx], fits.BinTableHDU):
             raise SpectraIOError(f"{path}: HDU {idx} is not the DR16Q binary table (HDUs: {[h.name for h in hdul]})")
         hdu = hdul[idx]
-        have = list(hdu.columns.names)
+        have = [str(c) for c in hdu.columns.names]
         if columns is None:
             wanted = [c for c in spec["columns"] if _find_column(have, c)]
             missing = [c for c in spec["required"] if not _find_column(have, c)]
@@ -1768,9 +1850,7 @@ def read_dr16q(path: str | os.PathLike, *, columns: Sequence[str] | None = None)
             if isinstance(exc, SpectraIOError):
                 raise
             raise SpectraIOError(f"{path}: cannot read DR16Q column data ({exc})", unreadable=True) from None
-    df = pd.DataFrame(out)
-    log.info("read %d DR16Q rows (%d columns) from %s", len(df), df.shape[1], path)
-    return df
+    return pd.DataFrame(out)
 
 
 def _dr12q_members(df: pd.DataFrame) -> np.ndarray:

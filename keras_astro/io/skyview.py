@@ -41,6 +41,7 @@ import requests
 from astropy.io import fits
 
 from keras_astro import specs
+from keras_astro.io._fits import fits_damage
 
 log = logging.getLogger(__name__)
 
@@ -212,18 +213,23 @@ def read_cutout(
     if not path.is_file():
         raise FileNotFoundError(f"{where}: no such cutout file")
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             with fits.open(path, memmap=False) as hdul:
+                # a short file, or CHECKSUM/DATASUM (written by write_cutout) that do not match
+                # the bytes; checked explicitly, not from warnings (other threads emit those too)
+                damage = fits_damage(hdul, path)
+                if damage:
+                    raise CutoutError(
+                        f"{where}: {'unreadable or truncated' if 'truncated' in damage[0] else 'corrupt'} FITS file "
+                        f"({'; '.join(damage)})"
+                    )
                 data, header = _image_from_hdul(hdul, where=where)
                 data = np.array(data)  # force the read while the file is open
     except CutoutError:
         raise
     except Exception as exc:  # astropy raises OSError/ValueError/TypeError/VerifyError for broken files
         raise CutoutError(f"{where}: unreadable or truncated FITS file ({type(exc).__name__}: {exc})") from exc
-    for w in caught:
-        if "truncated" in str(w.message).lower():
-            raise CutoutError(f"{where}: truncated FITS file ({w.message})")
     return _check_image(data, header, size=size, where=where, max_nan_fraction=max_nan_fraction)
 
 
@@ -259,7 +265,7 @@ def write_cutout(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
+        hdu.writeto(tmp, overwrite=True, output_verify="silentfix", checksum=True)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,10 +14,17 @@ A *store* is one ``.h5`` file or a directory of shards (``shard-00000.h5`` …) 
 and the same grid; readers see a directory as the concatenation of its shards. Every write is
 atomic (temporary file, then ``os.replace``), so a killed writer never leaves a half file behind
 under the final name.
+
+Integrity: every dataset carries HDF5's Fletcher-32 checksum per chunk and the root attribute
+``n_rows`` records the row count, so a truncated or byte-corrupted store fails to open or to read
+with a :class:`StoreError` naming the file instead of yielding different numbers. (Stores written
+by other tools without checksums are read as before; corruption of their raw data bytes cannot
+be detected.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -51,6 +58,8 @@ __all__ = [
 ]
 
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
+#: What h5py/HDF5 raise for unreadable, truncated or corrupt files (wrapped as StoreError).
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError)
 _ROW_ARRAYS = ("fluxes", "ivar", "and_mask", "pixel_flags", "equivalent_widths")
 
 
@@ -195,6 +204,9 @@ class StoreWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
+        # h5py's default (earliest) file format on purpose: with the 1.10 format's checksummed
+        # metadata, byte-corrupted files crashed libhdf5 1.14 in the bad-input sweep
+        # (tests/fuzz); the earliest format plus Fletcher-32 on every dataset did not.
         self._file = h5py.File(self._tmp, "w")
         m = self.wavelengths.size
         f = self._file
@@ -202,7 +214,13 @@ class StoreWriter:
 
         def make(name: str, dtype: str, width: int, fill: float = 0) -> None:
             f.create_dataset(
-                name, shape=(0, width), maxshape=(None, width), dtype=dtype, chunks=(rows, width), fillvalue=fill
+                name,
+                shape=(0, width),
+                maxshape=(None, width),
+                dtype=dtype,
+                chunks=(rows, width),
+                fillvalue=fill,
+                fletcher32=True,
             )
 
         make("fluxes", "float32", m)
@@ -213,7 +231,7 @@ class StoreWriter:
             make("pixel_flags", "uint8", m)
         if self.n_lines:
             make("equivalent_widths", "float32", int(self.n_lines), np.nan)
-        wl = f.create_dataset("wavelengths", data=self.wavelengths)
+        wl = f.create_dataset("wavelengths", data=self.wavelengths, chunks=self.wavelengths.shape, fletcher32=True)
         wl.attrs["unit"] = "Angstrom (vacuum)"
         f.create_group("meta")
         f.attrs["layout_version"] = int(_layout()["layout_version"])
@@ -273,7 +291,7 @@ class StoreWriter:
         g = f["meta"]
         for name, arr in cols.items():
             if name not in g:
-                g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=arr.dtype, chunks=(4096,))
+                g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=arr.dtype, chunks=(4096,), fletcher32=True)
             ds = g[name]
             ds.resize(stop, axis=0)
             ds[start:stop] = arr
@@ -403,6 +421,47 @@ def _files_of(path: str | os.PathLike) -> list[Path]:
     return [p]
 
 
+@contextlib.contextmanager
+def _wrap_h5(fp: Path, what: str) -> Iterator[None]:
+    """Turn what h5py raises for a corrupt or truncated file into a :class:`StoreError` naming it."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except _H5_ERRORS as exc:
+        raise StoreError(
+            f"{fp}: corrupt or unreadable HDF5 spectrum store ({what}: {type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _check_layout(h: h5py.File, fp: Path) -> tuple[np.ndarray, int]:
+    """Check one open store file against the layout; returns (wavelengths, number of rows)."""
+    for key in ("fluxes", "ivar", "wavelengths", "meta"):
+        if key not in h:
+            raise StoreError(f"{fp}: not a keras_astro spectrum store: no '{key}' (data_specs/spectra_store.yaml)")
+    for key in ("fluxes", "ivar", "wavelengths"):
+        if not isinstance(h[key], h5py.Dataset):
+            raise StoreError(f"{fp}: '{key}' is not a dataset (data_specs/spectra_store.yaml)")
+    if not isinstance(h["meta"], h5py.Group):
+        raise StoreError(f"{fp}: 'meta' is not a group (data_specs/spectra_store.yaml)")
+    w = h["wavelengths"][...]
+    n, m = h["fluxes"].shape if h["fluxes"].ndim == 2 else (None, None)
+    if n is None or w.ndim != 1 or m != w.size or h["ivar"].shape != h["fluxes"].shape:
+        raise StoreError(f"{fp}: fluxes {h['fluxes'].shape}, ivar {h['ivar'].shape} and wavelengths {w.shape} disagree")
+    for name in h["meta"]:
+        ds = h["meta"][name]
+        if not isinstance(ds, h5py.Dataset) or ds.shape != (n,):
+            shape = getattr(ds, "shape", None)
+            raise StoreError(f"{fp}: meta/{name} has shape {shape}, expected ({n},) like the {n} rows of fluxes")
+    for name in _ROW_ARRAYS[2:]:
+        if name in h and (not isinstance(h[name], h5py.Dataset) or h[name].ndim != 2 or h[name].shape[0] != n):
+            raise StoreError(f"{fp}: {name} has shape {getattr(h[name], 'shape', None)}, expected ({n}, ...)")
+    declared = h.attrs.get("n_rows")
+    if declared is not None and np.ndim(declared) == 0 and int(declared) != n:
+        raise StoreError(f"{fp}: the file says it holds {int(declared)} rows but fluxes has {n} (truncated or corrupt)")
+    return w, n
+
+
 class StoreReader:
     """Lazy, read-only view of a store file or shard directory.
 
@@ -420,26 +479,15 @@ class StoreReader:
             for fp in self.files:
                 try:
                     h = h5py.File(fp, "r")
-                except (OSError, ValueError) as exc:
+                except _H5_ERRORS as exc:
                     raise StoreError(f"{fp}: not a readable HDF5 file ({exc})") from None
                 self._handles.append(h)
-                for key in ("fluxes", "ivar", "wavelengths", "meta"):
-                    if key not in h:
-                        raise StoreError(
-                            f"{fp}: not a keras_astro spectrum store: no '{key}' (data_specs/spectra_store.yaml)"
-                        )
-                w = h["wavelengths"][...]
-                n, m = h["fluxes"].shape if h["fluxes"].ndim == 2 else (None, None)
-                if n is None or m != w.size or h["ivar"].shape != h["fluxes"].shape:
-                    raise StoreError(
-                        f"{fp}: fluxes {h['fluxes'].shape}, ivar {h['ivar'].shape} and wavelengths {w.shape} disagree"
-                    )
-                for name in h["meta"]:
-                    if h["meta"][name].shape != (n,):
-                        raise StoreError(f"{fp}: meta/{name} has {h['meta'][name].shape[0]} rows, fluxes has {n}")
+                with _wrap_h5(fp, "reading the store layout"):
+                    w, n = _check_layout(h, fp)
+                    file_attrs = dict(h.attrs)
                 if wl is None:
                     wl = w
-                    attrs = dict(h.attrs)
+                    attrs = file_attrs
                 elif w.shape != wl.shape or not np.allclose(w, wl, rtol=1e-10, atol=0):
                     raise StoreError(f"{fp}: wavelength grid differs from {self.files[0].name}'s")
                 offsets.append(offsets[-1] + n)
@@ -470,20 +518,28 @@ class StoreReader:
         self._handles = []
 
     def has(self, name: str) -> bool:
-        return all(name in h for h in self._handles)
+        for fp, h in zip(self.files, self._handles):
+            with _wrap_h5(fp, f"looking up '{name}'"):
+                if name not in h:
+                    return False
+        return True
 
     @property
     def meta(self) -> pd.DataFrame:
         """All meta columns (strings decoded) as a DataFrame, cached."""
         if self._meta is None:
             frames = []
-            for h in self._handles:
+            for fp, h in zip(self.files, self._handles):
                 cols = {}
-                for name in h["meta"]:
-                    arr = h["meta"][name][...]
-                    if arr.dtype.kind == "S":
-                        arr = np.char.decode(arr, "ascii")
-                    cols[name] = arr
+                with _wrap_h5(fp, "reading meta"):
+                    for name in h["meta"]:
+                        arr = h["meta"][name][...]
+                        if arr.dtype.kind == "S":
+                            try:
+                                arr = np.char.decode(arr, "ascii")
+                            except UnicodeDecodeError as exc:
+                                raise StoreError(f"{fp}: meta/{name} holds non-ASCII bytes ({exc})") from None
+                        cols[name] = arr
                 frames.append(pd.DataFrame(cols))
             self._meta = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return self._meta
@@ -502,9 +558,10 @@ class StoreReader:
             if a >= b:
                 continue
             for name in fields:
-                if name not in h:
-                    raise StoreError(f"{self.files[i]}: store has no '{name}'")
-                out[name].append(h[name][a - lo : b - lo])
+                with _wrap_h5(self.files[i], f"reading {name} rows {a - lo}:{b - lo}"):
+                    if name not in h:
+                        raise StoreError(f"{self.files[i]}: store has no '{name}'")
+                    out[name].append(h[name][a - lo : b - lo])
         res = {}
         for name, parts in out.items():
             if parts:
@@ -531,7 +588,10 @@ class StoreReader:
                 sel = sidx[(sidx >= lo) & (sidx < hi)] - lo
                 if sel.size:
                     uniq, inv = np.unique(sel, return_inverse=True)
-                    parts.append(h[name][uniq][inv])
+                    with _wrap_h5(self.files[i], f"reading {name} rows"):
+                        if name not in h:
+                            raise StoreError(f"{self.files[i]}: store has no '{name}'")
+                        parts.append(h[name][uniq][inv])
             arr = np.concatenate(parts) if parts else np.zeros((0, self.wavelengths.size), np.float32)
             back = np.empty_like(arr)
             back[order] = arr
@@ -609,6 +669,6 @@ def store_spec_ids(path: str | os.PathLike) -> np.ndarray:
         try:
             with h5py.File(fp, "r") as h:
                 ids.append(h["meta/specObjID"][...].astype(np.uint64))
-        except (OSError, KeyError) as exc:
+        except _H5_ERRORS as exc:
             raise StoreError(f"{fp}: cannot read meta/specObjID ({exc})") from None
     return np.concatenate(ids) if ids else np.zeros(0, np.uint64)

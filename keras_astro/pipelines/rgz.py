@@ -10,7 +10,10 @@ converts to BGR and subtracts the per-channel means, and pads the variable numbe
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +21,122 @@ import tensorflow as tf
 
 from keras_astro import specs
 
-__all__ = ["read_split", "rgz_dataset", "DatasetError"]
+__all__ = ["read_split", "rgz_dataset", "DatasetError", "check_png"]
 
 
 class DatasetError(ValueError):
     """A CLARAN data set folder is incomplete or malformed; names the file."""
 
 
-def read_split(root: str | os.PathLike, split: str, *, max_boxes: int | None = None) -> dict[str, np.ndarray]:
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+
+
+def check_png(path: str | os.PathLike, width: int | None = None, height: int | None = None) -> tuple[int, int]:
+    """Check a PNG file completely (signature, every chunk's CRC-32, IHDR first, IEND last, no
+    trailing bytes, the zlib stream of the pixels and its length) and return (width, height).
+
+    tf.io.decode_png runs inside the tf.data graph, where a damaged image can only fail with an
+    InvalidArgumentError that does not name the file; this check runs before, in Python.
+
+    Raises
+    ------
+    DatasetError
+        Naming the file and the problem (truncated, corrupt chunk, wrong size ...).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the image ({exc})") from None
+    if not data.startswith(_PNG_SIGNATURE):
+        raise DatasetError(f"{path}: not a PNG file (no PNG signature)")
+    pos, chunks, idat = len(_PNG_SIGNATURE), [], []
+    while pos < len(data):
+        if pos + 12 > len(data):
+            raise DatasetError(f"{path}: truncated PNG (a chunk header at byte {pos} is cut off)")
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        ctype = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            raise DatasetError(f"{path}: truncated PNG (chunk {ctype!r} at byte {pos} needs {length} bytes)")
+        if zlib.crc32(data[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            raise DatasetError(f"{path}: corrupt PNG (CRC-32 mismatch in chunk {ctype!r} at byte {pos})")
+        chunks.append(ctype)
+        if ctype == b"IDAT":
+            idat.append(data[pos + 8 : end - 4])
+        pos = end
+        if ctype == b"IEND":
+            break
+    if not chunks or chunks[0] != b"IHDR" or len(data) < 33:
+        raise DatasetError(f"{path}: corrupt PNG (the first chunk is not IHDR)")
+    if chunks[-1] != b"IEND":
+        raise DatasetError(f"{path}: truncated PNG (no IEND chunk)")
+    if pos != len(data):
+        raise DatasetError(f"{path}: corrupt PNG ({len(data) - pos} bytes after the IEND chunk)")
+    w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if colour not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16) or w == 0 or h == 0:
+        raise DatasetError(f"{path}: corrupt PNG header (width {w}, height {h}, depth {depth}, colour type {colour})")
+    try:
+        pixels = zlib.decompress(b"".join(idat))
+    except zlib.error as exc:
+        raise DatasetError(f"{path}: corrupt PNG pixel data ({exc})") from None
+    expected = h * (1 + math.ceil(w * _PNG_CHANNELS[colour] * depth / 8))
+    if interlace == 0 and len(pixels) != expected:
+        raise DatasetError(f"{path}: corrupt PNG ({len(pixels)} bytes of pixels, a {w}x{h} image needs {expected})")
+    if (width is not None and w != width) or (height is not None and h != height):
+        raise DatasetError(f"{path}: the image is {w}x{h} pixels but its annotation says {width}x{height}")
+    return w, h
+
+
+def _read_annotation(p: Path, lst: Path, index: dict[str, int]) -> tuple[np.ndarray, list[int], int, int]:
+    """Boxes, class indices, width and height of one annotation JSON, checked."""
+    try:
+        a = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{p}: annotation listed in {lst.name} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DatasetError(f"{p}: not valid JSON ({exc})") from None
+    if not isinstance(a, dict):
+        raise DatasetError(f"{p}: expected a JSON object with boxes, labels, width and height, got {type(a).__name__}")
+    labels = a.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(lb, str) for lb in labels):
+        raise DatasetError(f"{p}: labels must be a list of class names, got {str(labels)[:100]}")
+    try:
+        boxes = np.asarray(a.get("boxes", []), dtype=np.float32)
+        if boxes.size % 4 or (boxes.size and boxes.shape[-1] != 4):
+            raise ValueError(f"shape {boxes.shape}")
+        boxes = boxes.reshape(-1, 4)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DatasetError(f"{p}: boxes must be a list of [x1, y1, x2, y2] numbers ({exc})") from None
+    if len(labels) != len(boxes):
+        raise DatasetError(f"{p}: {len(boxes)} boxes but {len(labels)} labels")
+    bad = [lb for lb in labels if lb not in index]
+    if bad:
+        raise DatasetError(f"{p}: unknown class(es) {bad}; expected {list(index)[1:]}")
+    w, h = a.get("width", 132), a.get("height", 132)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+        raise DatasetError(f"{p}: width and height must be positive whole numbers of pixels, got {w!r}, {h!r}")
+    if not np.isfinite(boxes).all():
+        raise DatasetError(f"{p}: boxes hold NaN or inf: {boxes.tolist()}")
+    if len(boxes) and (
+        (boxes[:, 2] <= boxes[:, 0]).any()
+        or (boxes[:, 3] <= boxes[:, 1]).any()
+        or boxes.min() < 0
+        or (boxes[:, [0, 2]] > w).any()
+        or (boxes[:, [1, 3]] > h).any()
+    ):
+        raise DatasetError(f"{p}: a box lies outside the {w}x{h} image or has no area: {boxes.tolist()}")
+    return boxes, [index[lb] for lb in labels], w, h
+
+
+def read_split(
+    root: str | os.PathLike, split: str, *, max_boxes: int | None = None, verify_images: bool = True
+) -> dict[str, np.ndarray]:
     """Paths and padded ground truth of one split.
+
+    With ``verify_images`` (default) every PNG is checked by :func:`check_png` first, so a damaged
+    image fails here with a :class:`DatasetError` naming it instead of inside the tf.data graph.
 
     Returns ``paths`` (N,), ``boxes`` (N, K, 4) float32 in pixels of the stored PNG,
     ``classes`` (N, K) int32 with 1..6 for the morphology classes and 0 for padding,
@@ -36,7 +146,10 @@ def read_split(root: str | os.PathLike, split: str, *, max_boxes: int | None = N
     lst = root / f"{split}.txt"
     if not lst.is_file():
         raise DatasetError(f"{lst}: no such split list (run `keras-astro rgz build` first)")
-    names = [ln.strip() for ln in lst.read_text().splitlines() if ln.strip()]
+    try:
+        names = [ln.strip() for ln in lst.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{lst}: not a text list of subject names ({exc})") from None
     if not names:
         raise DatasetError(f"{lst}: the split is empty")
     classes = ["__background__"] + list(specs.load_spec("rgz")["classes"])
@@ -44,32 +157,13 @@ def read_split(root: str | os.PathLike, split: str, *, max_boxes: int | None = N
     anns = []
     for name in names:
         p = root / "annotations" / f"{name}.json"
-        try:
-            a = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise DatasetError(f"{p}: annotation listed in {lst.name} is missing") from None
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{p}: not valid JSON ({exc})") from None
-        boxes = np.asarray(a.get("boxes", []), dtype=np.float32).reshape(-1, 4)
-        labels = a.get("labels", [])
-        if len(labels) != len(boxes):
-            raise DatasetError(f"{p}: {len(boxes)} boxes but {len(labels)} labels")
-        bad = [lb for lb in labels if lb not in index]
-        if bad:
-            raise DatasetError(f"{p}: unknown class(es) {bad}; expected {classes[1:]}")
-        w, h = a.get("width", 132), a.get("height", 132)
-        if len(boxes) and (
-            (boxes[:, 2] <= boxes[:, 0]).any()
-            or (boxes[:, 3] <= boxes[:, 1]).any()
-            or boxes.min() < 0
-            or (boxes[:, [0, 2]] > w).any()
-            or (boxes[:, [1, 3]] > h).any()
-        ):
-            raise DatasetError(f"{p}: a box lies outside the {w}x{h} image or has no area: {boxes.tolist()}")
+        boxes, labels, w, h = _read_annotation(p, lst, index)
         img = root / "images" / f"{name}.png"
         if not img.is_file():
             raise DatasetError(f"{img}: image listed in {lst.name} is missing")
-        anns.append((str(img), boxes, [index[lb] for lb in labels]))
+        if verify_images:
+            check_png(img, w, h)
+        anns.append((str(img), boxes, labels))
     k = max_boxes or max(1, max(len(b) for _, b, _ in anns))
     n = len(anns)
     boxes = np.zeros((n, k, 4), np.float32)

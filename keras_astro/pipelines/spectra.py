@@ -4,6 +4,13 @@ The store is read in contiguous chunks of rows, so memory stays bounded by
 ``chunk_rows + shuffle_buffer`` spectra whatever the file size. Chunks are the unit of sharding
 (one worker of a multi-worker job reads only its chunks) and of coarse shuffling; rows are then
 shuffled in a buffer, batched and prefetched.
+
+Bad values never reach a model silently: labels and meta inputs of the selected rows are checked
+when the dataset is built (a :class:`~keras_astro.io.spectra_store.StoreError` naming the store);
+``fluxes`` and ``ivar`` must be finite and no input may be ±inf (NaN in other inputs, e.g. an
+equivalent width that could not be measured, means "missing" to the models). Problems met while
+streaming (a NaN flux, a corrupt HDF5 chunk) stop the iteration with a
+``tf.errors.InvalidArgumentError`` whose message carries the ``StoreError`` and the file name.
 """
 
 from __future__ import annotations
@@ -20,6 +27,22 @@ from keras_astro.io.spectra_store import StoreError, open_store
 __all__ = ["select_rows", "spectra_dataset", "load_arrays", "class_index"]
 
 _ROW_DATASETS = ("fluxes", "ivar", "pixel_flags", "equivalent_widths", "and_mask")
+#: Inputs that must be finite everywhere (NaN elsewhere means "missing" to the models).
+_FINITE_INPUTS = ("fluxes", "ivar")
+
+
+def _check_values(path: str, name: str, values: np.ndarray, rows: np.ndarray, *, allow_nan: bool) -> None:
+    """Raise :class:`StoreError` if ``values`` (one per row of ``rows``) hold inf (or NaN when not allowed)."""
+    if values.dtype.kind != "f":
+        return
+    flat = values.reshape(len(values), -1)
+    bad = np.isinf(flat).any(axis=1) if allow_nan else ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        what = "inf" if allow_nan else "NaN or inf"
+        raise StoreError(
+            f"{path}: '{name}' holds {what} in {int(bad.sum())} selected row(s), e.g. rows {rows[bad][:5].tolist()}"
+            + ("" if allow_nan else " (resample / preprocess the store first, or filter them with where=)")
+        )
 
 
 def class_index(values: Sequence[str], classes: Sequence[str]) -> np.ndarray:
@@ -128,7 +151,21 @@ def spectra_dataset(
     selected[select_rows(meta, split=split, split_column=split_column, where=where)] = True
     if not selected.any():
         raise StoreError(f"{path}: no rows selected (split={split!r})")
+    chosen = np.flatnonzero(selected)
+    meta_values: dict[str, np.ndarray] = {}
+    for name in meta_inputs:
+        try:
+            meta_values[name] = meta[name].to_numpy(dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{path}: meta column '{name}' is not numeric ({exc}); it cannot be an input") from None
+        _check_values(path, name, meta_values[name][chosen], chosen, allow_nan=True)
     labels = _labels(meta, label, classes)
+    if labels is not None:
+        if labels.shape != (n_rows,):
+            raise StoreError(f"{path}: the labels have shape {labels.shape}, expected one per row ({n_rows},)")
+        if labels.dtype.kind not in "biuf":
+            raise StoreError(f"{path}: the labels are {labels.dtype}, not numbers: pass classes=[...] to index them")
+        _check_values(path, "label", labels[chosen], chosen, allow_nan=False)
     starts = np.arange(0, n_rows, chunk_rows)
     starts = np.array([s for s in starts if selected[s : s + chunk_rows].any()], dtype=np.int64)
     starts = starts[shard_index::num_shards]
@@ -155,11 +192,12 @@ def spectra_dataset(
         chunk_meta = meta.iloc[start:stop]
         out = {name: arrays[name][keep] for name in row_inputs}
         for name in meta_inputs:
-            out[name] = chunk_meta[name].to_numpy(dtype=np.float32)[keep]
+            out[name] = meta_values[name][start:stop][keep]
         if transform is not None:
             out = transform(out, chunk_meta.iloc[keep])
         for name in inputs:
             out[name] = np.asarray(out[name], dtype=dtypes[name])
+            _check_values(path, name, out[name], start + keep, allow_nan=name not in _FINITE_INPUTS)
             if channel_axis and name in widths:
                 out[name] = out[name][..., None]
         ys = None if labels is None else labels[start:stop][keep]

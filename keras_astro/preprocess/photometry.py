@@ -28,6 +28,28 @@ from keras_astro import specs
 STRATEGIES = ("zero", "band_median", "neighbour_median")
 
 
+def _photometry(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` as float32 (N, n_bands, 2); ValueError for other shapes, non-numbers or ±inf.
+
+    NaN marks a missing band (magnitude, error or both); infinities are never valid.
+    """
+    a = np.asarray(x)
+    if a.dtype.kind == "O":
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: photometry must hold real numbers, got an object array") from None
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{what}: photometry must hold real numbers, got dtype {a.dtype}")
+    if a.ndim != 3 or a.shape[2] != 2 or a.shape[1] == 0:
+        raise ValueError(f"{what}: photometry must be (N, n_bands, 2) magnitudes and errors, got shape {a.shape}")
+    a = a.astype(np.float32)
+    if np.isinf(a).any():
+        i, j, _ = np.argwhere(np.isinf(a))[0]
+        raise ValueError(f"{what}: band {j} of row {i} is infinite; a missing band is NaN")
+    return a
+
+
 def neighbour_index(k: int = 2, wavelengths_um: np.ndarray | None = None) -> np.ndarray:
     """(n_bands, 2k) indices of each band's neighbours in wavelength order (k below, k above).
 
@@ -56,8 +78,8 @@ def band_medians(x: np.ndarray) -> np.ndarray:
 
     ``x`` is (N, n_bands, 2) with NaN for missing bands. A band no object has gets 0.
     """
-    x = np.asarray(x, dtype=np.float64)
-    have = ~np.isnan(x[..., 0])
+    x = _photometry(x, "band_medians").astype(np.float64)
+    have = ~np.isnan(x[..., 0]) & ~np.isnan(x[..., 1])
     med = np.zeros((x.shape[1], 2))
     for j in range(x.shape[1]):
         if have[:, j].any():
@@ -100,9 +122,13 @@ class MissingBandFiller:
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Return a copy of ``x`` (N, n_bands, 2) with every NaN band filled."""
-        x = np.array(x, dtype=np.float32, copy=True)
+        x = np.array(_photometry(x, f"MissingBandFiller({self.strategy!r}).transform"), dtype=np.float32, copy=True)
         miss = np.isnan(x[..., 0]) | np.isnan(x[..., 1])
         fill = self.fill_values(x.shape[1])
+        if fill.shape != (x.shape[1], 2):
+            raise ValueError(
+                f"MissingBandFiller({self.strategy!r}) was fitted on {fill.shape[0]} bands, got {x.shape[1]}"
+            )
         if self.strategy in ("zero", "band_median"):
             x[miss] = np.broadcast_to(fill, x.shape)[miss]
             return x

@@ -104,21 +104,56 @@ def _bad_mask_bits() -> int:
 def bad_pixel_mask(
     fluxes: np.ndarray, ivar: np.ndarray | None = None, and_mask: np.ndarray | None = None
 ) -> np.ndarray:
-    """True where a pixel is unusable: ivar ≤ 0, a bad ``and_mask`` bit, or a non-finite value."""
-    bad = ~np.isfinite(fluxes)
+    """True where a pixel is unusable: ivar ≤ 0, a bad ``and_mask`` bit, or a non-finite value.
+
+    Raises :class:`SpectrumError` if the arrays are not real numbers or differ in shape.
+    """
+    f = _real(fluxes, "fluxes")
+    bad = ~np.isfinite(f)
     if ivar is not None:
-        bad |= ~(np.asarray(ivar) > 0)  # also catches NaN ivar
+        iv = _real(ivar, "ivar")
+        if iv.shape != f.shape:
+            raise SpectrumError(f"ivar shape {iv.shape} differs from fluxes {f.shape}")
+        bad |= ~(iv > 0)  # also catches NaN ivar
     if and_mask is not None:
-        bad |= (np.asarray(and_mask).astype(np.int64) & _bad_mask_bits()) != 0
+        am = _bitmask(and_mask, "and_mask")
+        if am.shape != f.shape:
+            raise SpectrumError(f"and_mask shape {am.shape} differs from fluxes {f.shape}")
+        bad |= (am & _bad_mask_bits()) != 0
     return bad
 
 
+def _real(x: Any, name: str) -> np.ndarray:
+    """``x`` as an array of real numbers (bool, integer or float); anything else is a SpectrumError."""
+    a = np.asarray(x)
+    if a.dtype.kind == "O":
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError):
+            raise SpectrumError(f"{name} must hold real numbers, got an object array") from None
+    if a.dtype.kind not in "biuf":
+        raise SpectrumError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    return a
+
+
+def _bitmask(x: Any, name: str) -> np.ndarray:
+    """An SDSS bit mask as integers; floats must be finite whole numbers."""
+    a = _real(x, name)
+    if a.dtype.kind in "iu":
+        return a
+    if a.dtype.kind == "f" and not (np.all(np.isfinite(a)) and np.all(a == np.round(a))):
+        raise SpectrumError(f"{name} is a bit mask: it must hold whole numbers, got non-integer values")
+    return a.astype(np.int64)
+
+
 def _as_batch(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
+    x = _real(x, name)
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2:
         raise SpectrumError(f"{name} must be (N, M) or (M,), got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise SpectrumError(f"{name} has no pixels (shape {x.shape})")
     return x
 
 
@@ -165,17 +200,17 @@ def resample(
     """
     if on_bad not in ("skip", "raise"):
         raise ValueError(f"on_bad must be 'skip' or 'raise', got {on_bad!r}")
-    f = _as_batch(fluxes, "fluxes").astype(np.float32, copy=False)
+    f = _as_batch(fluxes, f"{source}: fluxes").astype(np.float32, copy=False)
     n, m = f.shape
-    wl = np.asarray(wavelengths, dtype=np.float64)
+    wl = _real(wavelengths, f"{source}: wavelengths").astype(np.float64)
     if wl.shape != (m,):
         raise SpectrumError(f"{source}: wavelengths has shape {wl.shape}, fluxes has {m} pixels")
-    if not (np.all(np.isfinite(wl)) and np.all(np.diff(wl) > 0)):
-        raise SpectrumError(f"{source}: wavelengths must be finite and strictly increasing")
-    iv = None if ivar is None else _as_batch(ivar, "ivar").astype(np.float32, copy=False)
+    if m < 2 or not (np.all(np.isfinite(wl)) and np.all(np.diff(wl) > 0) and wl[0] > 0):
+        raise SpectrumError(f"{source}: wavelengths must be at least 2 positive, finite, strictly increasing values")
+    iv = None if ivar is None else _as_batch(ivar, f"{source}: ivar").astype(np.float32, copy=False)
     if iv is not None and iv.shape != f.shape:
         raise SpectrumError(f"{source}: ivar shape {iv.shape} differs from fluxes {f.shape}")
-    am = None if and_mask is None else _as_batch(and_mask, "and_mask")
+    am = None if and_mask is None else _bitmask(_as_batch(and_mask, f"{source}: and_mask"), f"{source}: and_mask")
     if am is not None and am.shape != f.shape:
         raise SpectrumError(f"{source}: and_mask shape {am.shape} differs from fluxes {f.shape}")
     target = _grid(grid)
@@ -314,7 +349,7 @@ def fnet_normalise(fluxes: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     f = _as_batch(fluxes, "fluxes").astype(np.float32, copy=False)
     m = f.shape[1]
     total = f.sum(axis=1, dtype=np.float64)
-    if not np.all(np.isfinite(total)):
+    if not np.all(np.isfinite(total)):  # a float64 sum of float32 values is finite iff every value is
         raise SpectrumError("fnet_normalise: fluxes contain NaN or inf; resample() first")
     mean = total / m
     # |x - mean|^2 = sum x^2 - m mean^2 (float64 accumulation), then one fused pass
@@ -329,7 +364,9 @@ class PixelStandardiser:
     """Per-pixel standardisation (thesis Sec 6: scikit-learn's StandardScaler over pixels).
 
     Fit on the training split only, then transform every split with the training statistics.
-    Pixels with zero variance get a scale of 1.
+    Pixels with zero variance (below float32's smallest normal number) get a scale of 1;
+    :meth:`transform` raises :class:`SpectrumError` for NaN/inf input and for results that do not
+    fit in float32.
     """
 
     def __init__(self) -> None:
@@ -344,7 +381,8 @@ class PixelStandardiser:
             raise SpectrumError("PixelStandardiser.fit: fluxes contain NaN or inf")
         self.mean_ = f.mean(axis=0)
         std = f.std(axis=0)
-        self.scale_ = np.where(std > 0, std, 1.0)
+        # a spread below float32's smallest normal number is rounding noise of a constant pixel
+        self.scale_ = np.where(std > np.finfo(np.float32).tiny, std, 1.0)
         return self
 
     def transform(self, fluxes: np.ndarray) -> np.ndarray:
@@ -353,7 +391,17 @@ class PixelStandardiser:
         f = _as_batch(fluxes, "fluxes")
         if f.shape[1] != self.mean_.size:
             raise SpectrumError(f"fitted on {self.mean_.size} pixels, got spectra of {f.shape[1]}")
-        return ((f - self.mean_) / self.scale_).astype(np.float32)
+        if not np.all(np.isfinite(f)):
+            raise SpectrumError("PixelStandardiser.transform: fluxes contain NaN or inf; resample() first")
+        with np.errstate(over="ignore"):
+            out = ((f - self.mean_) / self.scale_).astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            cols = np.flatnonzero(~np.isfinite(out).all(axis=0))[:5].tolist()
+            raise SpectrumError(
+                f"PixelStandardiser.transform: standardised values overflow float32 at pixels {cols} (training "
+                f"scales {self.scale_[cols].tolist()}): these spectra are far outside the training distribution"
+            )
+        return out
 
     def fit_transform(self, fluxes: np.ndarray) -> np.ndarray:
         return self.fit(fluxes).transform(fluxes)
@@ -375,6 +423,12 @@ def gaussian_smooth(fluxes: np.ndarray, sigma_px: float | None = None) -> np.nda
 
     sigma = float(specs.load_spec("spectra")["thesis_smoothing_sigma_px"] if sigma_px is None else sigma_px)
     f = _as_batch(fluxes, "fluxes")
+    if not np.all(np.isfinite(f)):
+        raise SpectrumError("gaussian_smooth: fluxes contain NaN or inf; resample() first")
+    if not (math.isfinite(sigma) and sigma <= f.shape[1]):
+        raise SpectrumError(
+            f"gaussian_smooth: sigma_px must be finite and at most the {f.shape[1]} pixels, got {sigma}"
+        )
     if sigma <= 0:
         return f.astype(np.float32)
     return gaussian_filter1d(f.astype(np.float32), sigma, axis=1, mode="nearest")
@@ -430,17 +484,23 @@ def equivalent_widths(
     Returns
     -------
     (N, L) float32. Positive = absorption, negative = emission. NaN where a window or its side
-    bands fall outside the grid, are mostly masked, or the continuum is not positive.
+    bands fall outside the grid, are mostly masked, or the continuum is not positive (or so close
+    to 0 that the width overflows float32).
 
     The continuum ``F_c`` is the straight line through the mean fluxes of a blue and a red side
     band just outside the feature's outermost windows; multi-line features sum their windows.
     """
     f = _as_batch(fluxes, "fluxes")
     n, m = f.shape
-    wl = np.asarray(wavelengths, dtype=np.float64)
+    wl = _real(wavelengths, "wavelengths").astype(np.float64)
     if wl.shape != (m,):
         raise SpectrumError(f"wavelengths has shape {wl.shape}, fluxes has {m} pixels")
-    zz = np.broadcast_to(np.asarray(z, dtype=np.float64), (n,))
+    if m < 2 or not (np.all(np.isfinite(wl)) and np.all(np.diff(wl) > 0)):
+        raise SpectrumError("wavelengths must be at least 2 finite, strictly increasing values")
+    z_arr = _real(z, "z").astype(np.float64)
+    if z_arr.shape not in ((), (n,)):
+        raise SpectrumError(f"z has shape {z_arr.shape}; expected one redshift per spectrum ({n},) or a scalar")
+    zz = np.broadcast_to(z_arr, (n,))
     if frame not in ("rest", "observed"):
         raise ValueError(f"frame must be 'rest' or 'observed', got {frame!r}")
     lines = specs.spectral_lines() if lines is None else list(lines)
@@ -451,6 +511,7 @@ def equivalent_widths(
         bad = fl.view(bool) if fl.dtype in (np.uint8, np.bool_) else fl.astype(bool)
         if bad.shape != f.shape:
             raise SpectrumError(f"flags shape {bad.shape} differs from fluxes {f.shape}")
+        bad = bad | ~np.isfinite(f)  # a non-finite pixel is never usable, flagged or not
     f_flat, bad_flat = f.ravel(), bad.ravel()
     dl = _pixel_widths(wl)
     scale = 1.0 + zz
@@ -498,6 +559,7 @@ def equivalent_widths(
         ew = term.sum(axis=(1, 2), where=wu)
         if frame == "rest":
             ew = ew / sc
+        ok &= np.abs(ew) <= np.finfo(np.float32).max  # a continuum of ~0 gives widths float32 cannot hold
         out[rows, k] = np.where(ok, ew, np.nan)
     return out.astype(np.float32)
 
@@ -518,8 +580,14 @@ def line_mask(
     spec = specs.load_spec("spectra")["fnet_masked_lines"]
     lines = spec["lines"] if lines is None else lines
     hw = float(spec["half_width_kms"] if half_width_kms is None else half_width_kms)
-    wl = np.asarray(wavelengths, dtype=np.float64)
-    zz = np.atleast_1d(np.asarray(z, dtype=np.float64))
+    wl = _real(wavelengths, "wavelengths").astype(np.float64)
+    if wl.ndim != 1 or not np.all(np.isfinite(wl) & (wl > 0)):
+        raise SpectrumError(f"wavelengths must be a 1-D array of positive finite values, got shape {wl.shape}")
+    zz = np.atleast_1d(_real(z, "z").astype(np.float64))
+    if zz.ndim != 1 or not np.all(np.isfinite(zz) & (zz > -1)):
+        raise SpectrumError(
+            f"z must be finite redshifts > -1 (a scalar or one per spectrum), got {np.asarray(z)!r:.80}"
+        )
     rest = np.asarray(list(lines.values()), dtype=np.float64)
     obs = rest[None, :] * (1.0 + zz[:, None])  # (N, L)
     # |ln(λ/λ_line)| < v/c, tested in log space for every line
@@ -539,6 +607,10 @@ def mask_lines(
     """Replace pixels near the masked lines by ``fill`` (0 on normalised spectra); returns (fluxes, mask)."""
     f = _as_batch(fluxes, "fluxes")
     mask = line_mask(wavelengths, z, lines, half_width_kms)
+    if mask.shape[1] != f.shape[1] or mask.shape[0] not in (1, f.shape[0]):
+        raise SpectrumError(
+            f"fluxes {f.shape} do not match {mask.shape[1]} wavelengths and {mask.shape[0]} redshift(s)"
+        )
     if mask.shape[0] == 1 and f.shape[0] > 1:
         mask = np.broadcast_to(mask, f.shape)
     return np.where(mask, np.asarray(fill, f.dtype), f), mask

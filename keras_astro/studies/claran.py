@@ -151,7 +151,6 @@ def train(
     weights — the paper fine-tunes ImageNet weights, which cannot be downloaded here.
     """
     import keras
-    import tensorflow as tf
 
     from keras_astro.distribute import describe_strategy, get_strategy
     from keras_astro.models.claran import build_claran, compile_claran, load_vgg16_weights
@@ -278,15 +277,13 @@ def export_detector(detector, path: str | os.PathLike, *, metadata: dict | None 
 
 def load_detector(model_dir: str | os.PathLike):
     """The trained detector from a ``train`` folder (``model.keras``)."""
-    import keras
-
-    import keras_astro.models.claran  # noqa: F401  (registers the custom classes)
+    from keras_astro.safety import load_model_safely
 
     model_dir = Path(model_dir)
     path = model_dir / "model.keras" if model_dir.is_dir() else model_dir
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained CLARAN model (run `keras-astro claran train --out {model_dir}` first)")
-    return keras.saving.load_model(path, safe_mode=True)
+    return load_model_safely(path)  # Keras safe mode; refuses Lambda layers and unregistered classes
 
 
 # ---------------------------------------------------------------------------------- evaluation

@@ -1793,7 +1793,9 @@ def predict(
     length = int(info.get("input_length", INPUT_LENGTH))
     cols = list(info.get("tabular_columns") or [])
     sigma = float(info.get("smooth_sigma", 0.0))
-    fn = tf.saved_model.load(str(sm_path)).signatures[_SIGNATURE]
+    from keras_astro.safety import load_savedmodel_safely
+
+    fn = load_savedmodel_safely(sm_path, signature=_SIGNATURE).signatures[_SIGNATURE]
     outs: dict[str, list[np.ndarray]] = {}
 
     def run(flux: np.ndarray, tab: np.ndarray | None) -> None:
