@@ -21,5 +21,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "model_B" / "metrics.json").is_file() or "agn" not in path.name
 
 
-def test_there_is_a_notebook_per_available_study():
-    assert any("agn" in p.name for p in NOTEBOOKS)
+def test_there_is_a_notebook_per_study():
+    from keras_astro.studies.reproduce import available_studies
+
+    names = " ".join(p.name for p in NOTEBOOKS)
+    keys = {"agn": "agn", "claran": "claran", "fnet": "fnet", "spectra": "spectral"}
+    assert set(available_studies()) == set(keys)
+    assert all(keys[s] in names for s in available_studies())
