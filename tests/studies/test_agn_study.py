@@ -105,13 +105,14 @@ def test_unlabelled_catalogue_cannot_train(tmp_path):
         agn.load_labelled(path)
 
 
-def test_cli_cv_quick_ten_folds(tmp_path):
+def test_cli_cv_quick_folds(tmp_path):
+    # the ten folds of the paper run in test_reproduce_writes_report (model B); here the CLI path
     from keras_astro.cli import main
 
-    code = main(["--no-progress", "agn", "cv", "--preset", "B", "--quick", "--epochs", "3", "--no-export", "--out", str(tmp_path)])
+    code = main(["--no-progress", "agn", "cv", "--preset", "B", "--quick", "--epochs", "3", "--folds", "3", "--no-export", "--out", str(tmp_path)])
     assert code == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert len(m["folds"]) == 10 and all(0 <= m[k] <= 1 for k in agn.METRICS)
+    assert len(m["folds"]) == 3 and all(0 <= m[k] <= 1 for k in agn.METRICS)
 
 
 def test_reproduce_writes_report(tmp_path, monkeypatch):
@@ -124,6 +125,7 @@ def test_reproduce_writes_report(tmp_path, monkeypatch):
     assert "| metric | paper | ours |" in report and "model B roc auc" in report and "88.89 %" in report
     m = json.loads((tmp_path / "agn" / "metrics.json").read_text())
     assert set(m["inference"]["per_model"]) == set("ABC")
+    assert len(json.loads((tmp_path / "agn" / "model_B" / "metrics.json").read_text())["folds"]) == 10
     assert (tmp_path / "agn" / "model_A" / "savedmodel" / "saved_model.pb").is_file()
     with pytest.raises(ValueError, match="unknown studies"):
         reproduce(tmp_path, studies=["nope"])
