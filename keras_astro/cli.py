@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from keras_astro.safety import ModelFileError
+
 log = logging.getLogger("keras_astro")
 
 
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of folds, initialisation and shuffling")
     p.add_argument("--warmup", type=int, default=None, help="epochs before the Eq. 3 rule applies (default 0, as in the paper)")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    p.add_argument("--backup-dir", type=Path, default=None, help="training backup; a restarted run resumes from it (default: OUT/backup, deleted on success)")
+    p.add_argument("--backup-every", type=int, default=50, help="epochs between training backups (default 50)")
 
     p = asub.add_parser("ablate", help="band-group removal experiment (Sec 4.3, Fig. 12)", description="Cross-validate with each wavelength group (FIR, MIR, NIR, optical, UV) removed.")
     p.add_argument("--preset", choices=["A", "B", "C"], default="B")
@@ -70,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="labelled NEPW catalogue (default: embedded simulation)")
     p.add_argument("--groups", type=_csv_list, default=None, help="subset of FIR,MIR,NIR,optical,UV")
     p.add_argument("--folds", type=int, default=None, help="number of folds (default 10)")
+    p.add_argument("--backup-dir", type=Path, default=None, help="training backup; a restarted run resumes from it (default: OUT/backup, deleted on success)")
+    p.add_argument("--backup-every", type=int, default=50, help="epochs between training backups (default 50)")
 
     p = asub.add_parser("predict", help="classify a catalogue with several models and vote (Sec 4.1)", description="Run each model's SavedModel on CATALOG; writes FILE with each model's P(AGN), the vote, and FILE.summary.json.")
     p.add_argument("catalog", type=Path, help="NEPW catalogue (FITS/CSV)")
@@ -116,6 +122,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=float, default=None, help="Gaussian smoothing sigma in pixels (thesis Table 6 uses 4)")
     p.add_argument("--no-ew", action="store_true", help="skip the equivalent widths")
     p.add_argument("--chunk-rows", type=int, default=1024, help="spectra per chunk (memory bound)")
+    p = ssub.add_parser("tune", help="keras-tuner search of the thesis's CNN (Sec 6.3, Tables 4-5)", description="RandomSearch (or Hyperband / Bayesian) over the thesis's CNN space on val_accuracy; resumes from DIR/tuner_logs; writes DIR/trials.csv and trials.md (trial, val accuracy, every hyperparameter), best_hparams.json, then retrains the best point (metrics.json, figures, savedmodel/).")
+    _add_common(p)
+    p.add_argument("--data", type=Path, default=None, help="spectrum store (.h5; raw or thesis grid). Default: embedded simulation")
+    p.add_argument("--task", choices=["main", "galaxy", "star"], default="main", help="classes to predict (default main: GALAXY/QSO/STAR)")
+    p.add_argument("--algorithm", choices=["random", "hyperband", "bayesian"], default="random", help="search algorithm (default random, the thesis's)")
+    p.add_argument("--trials", type=int, default=None, help="max trials (default 40; quick 2)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default 12; quick 2)")
+    p.add_argument("--retrain-epochs", type=int, default=None, help="epochs for the best point (default 60; 0: no retraining)")
+    p.add_argument("--directory", type=Path, default=None, help="keras-tuner directory (default DIR/tuner_logs)")
+    p.add_argument("--overwrite", action="store_true", help="start the search afresh instead of resuming")
+    p.add_argument("--seed", type=int, default=0)
+    p = ssub.add_parser("train", help="train the thesis's CNN, mixed-input network or autoencoder", description="Train on the main classes, galaxy subclasses or star groups; writes DIR/metrics.json (accuracy, per-class recall), confusion.csv, figures and DIR/savedmodel (raw inputs).")
+    _add_common(p)
+    p.add_argument("--model", choices=["cnn", "mixed", "autoencoder"], default="cnn", help="network (default cnn)")
+    p.add_argument("--task", choices=["main", "galaxy", "star"], default="main", help="classes (default main)")
+    p.add_argument("--data", type=Path, default=None, help="spectrum store (.h5; raw or thesis grid). Default: embedded simulation")
+    p.add_argument("--drop-null", action="store_true", help="galaxy task without the NULL subclass")
+    p.add_argument("--smooth", type=float, default=0.0, help="Gaussian smoothing sigma in pixels (Table 6 uses 4)")
+    p.add_argument("--no-ew", action="store_true", help="mixed input without the 14 equivalent widths")
+    p.add_argument("--hparams", type=Path, default=None, help="CNN point: best_hparams.json from `spectra tune`")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per-replica batch (default 32)")
+    p.add_argument("--n", type=int, default=None, help="simulated spectra (embedded data only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-export", action="store_true", help="skip model.keras and savedmodel/")
+    p = ssub.add_parser("predict", help="classify a store with a model from `spectra train`", description="Run DIR/savedmodel on every spectrum of FILE (resampled onto the thesis grid if needed); prints a summary, or writes a CSV with --out.")
+    p.add_argument("input", type=Path, help="spectrum store (.h5)")
+    p.add_argument("--model", type=Path, required=True, help="run folder of `spectra train` / `spectra tune` (or its savedmodel/)")
+    p.add_argument("--out", type=Path, default=None, help="CSV to write (one row per spectrum)")
 
     rgzp = sub.add_parser("rgz", help="Radio Galaxy Zoo data for CLARAN: build F/D1-D4, show a subject, fetch cutouts", description="The CLARAN data layer (Wu et al. 2019, Sec 3): the shipped RGZ DR1 catalogue, simulated or real FIRST/WISE cutouts, and the F, D1, D2, D3, D4 fusions.")
     rsub = rgzp.add_subparsers(dest="rgz_command", metavar="ACTION", required=True)
@@ -149,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="per-replica batch (default 128; quick 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the QuasarNET-style baseline")
+    p.add_argument("--no-export", action="store_true", help="skip the SavedModel export (model.keras is still written)")
+    p.add_argument("--backup-dir", type=Path, default=None, help="training backup; a restarted run resumes from it (default: OUT/backup, deleted on success)")
+    p.add_argument("--backup-every", type=int, default=500, help="training steps between backups, besides every epoch end (default 500)")
     p = fsub.add_parser("mask", help="the line-masking test (2.8 <= z <= 3, lines masked; Fig. 7)", description="Train and test FNet on quasars with 2.8 <= z <= 3 with OVI, Lya, NV, SiIV+OIV, CIV, CIII and CII masked.")
     _add_common(p)
     p.add_argument("--data", type=Path, default=None)
@@ -156,11 +194,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--preset", choices=["paper", "paper_caption", "code", "narrow", "tiny"], default=None, help="network preset (default: paper; narrow with --quick)")
     p.add_argument("--conv", choices=["auto", "fft", "direct"], default="auto")
+    p.add_argument("--backup-dir", type=Path, default=None, help="training backup; a restarted run resumes from it (default: OUT/backup, deleted on success)")
+    p.add_argument("--backup-every", type=int, default=500, help="training steps between backups, besides every epoch end (default 500)")
     p = fsub.add_parser("predict", help="redshifts from an exported FNet for a store or spec-*.fits files", description="Run DIR/savedmodel on spectra; prints or writes specObjID and z.")
     p.add_argument("inputs", type=Path, nargs="+", help="store (.h5) or spec-*.fits files")
     p.add_argument("--model", type=Path, required=True, help="SavedModel folder (fnet train's DIR/savedmodel)")
     p.add_argument("--out", type=Path, default=None, help="CSV to write (default: print JSON)")
+    claran = sub.add_parser("claran", help="CLARAN: Faster R-CNN radio-source detection and morphology (Wu et al. 2019)", description="CLARAN (Wu et al. 2019): Faster R-CNN with VGG-16, RPN and ST-RoI pooling that finds radio sources in fused FIRST + WISE images and classifies their morphology (1C_1P ... 3C_3P).")
+    csub = claran.add_subparsers(dest="claran_command", metavar="ACTION", required=True)
+    p = csub.add_parser("train", help="train on D1, D3 or D4 (or F/D2) and evaluate on the test split", description="Train CLARAN (momentum SGD 0.9, lr 1e-3 x 0.1 every 50,000 steps, flips, seed 3); resumes from DIR/backup; writes DIR/model.keras, DIR/savedmodel, DIR/history.csv, DIR/logs (TensorBoard), DIR/figures/losses.png and DIR/metrics.json (AP per class, mAP).")
+    _add_common(p)
+    p.add_argument("--dataset", choices=["F", "D1", "D2", "D3", "D4"], default="D4", help="image fusion (Sec 3.4; default D4)")
+    p.add_argument("--data", type=Path, default=None, help="data set folder from `keras-astro rgz build` (default: embedded simulation)")
+    p.add_argument("--preset", choices=["paper", "small"], default=None, help="network preset (default: paper; small with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 80,000; quick 600)")
+    p.add_argument("--vgg-weights", type=Path, default=None, help="local Keras VGG-16 weights file (ImageNet); none can be downloaded here")
+    p.add_argument("--xla", action="store_true", help="compile the training step with XLA")
+    p = csub.add_parser("evaluate", help="AP per class (Eq. 12), mAP, Tables 6-8, PR curves", description="Evaluate a trained model on the test split; writes OUT/metrics.json (ap per class, map, components_only, multi_source, box_size, user_filter) and OUT/pr_curves.png.")
+    p.add_argument("--model", type=Path, required=True, help="folder written by `claran train`")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=None, help="data set folder (default: the one the model was trained on)")
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p = csub.add_parser("detect", help="find and classify radio sources in images or RGZ subjects (Fig. 1)", description="Run a trained model on PNG/JPEG fused images or RGZ subject names (e.g. FIRSTJ011349.3+062140); prints boxes, classes and probabilities and draws them into --out.")
+    p.add_argument("inputs", nargs="+", help="PNG/JPEG images or RGZ subject names")
+    p.add_argument("--model", type=Path, required=True, help="folder written by `claran train`")
+    p.add_argument("--out", type=Path, default=None, help="folder for the annotated images")
+    p.add_argument("--dataset", choices=["F", "D1", "D2", "D3", "D4"], default="D4", help="fusion for subject names (default D4)")
+    p.add_argument("--user-filter", action="store_true", help="Sec 6.1.1: drop P < 0.8 unless nothing reaches 0.8; one source per field")
+    p = csub.add_parser("summary", help="the layer table of Table 4 and the paper-style parameter count", description="Print Table 4 for the chosen preset and count parameters as the paper does (conv kernels without biases + FC layers with biases: 136,777,443).")
+    p.add_argument("--preset", choices=["paper", "small"], default="paper")
     return parser
+
+
+def _claran(args) -> int:
+    from keras_astro.studies import claran
+
+    progress = not args.no_progress
+    if args.claran_command == "train":
+        m = claran.train(args.out, dataset=args.dataset, quick=args.quick, data_dir=args.data, preset=args.preset, steps=args.steps, vgg_weights=args.vgg_weights, jit_compile=args.xla, progress=progress)
+        _print({"map": m.get("map"), "ap": m.get("ap"), "out": str(args.out)})
+    elif args.claran_command == "evaluate":
+        m = claran.evaluate(args.model, out=args.out, data_dir=args.data, split=args.split, progress=progress)
+        _print({"map": m["map"], "ap": m["ap"], "out": str(args.out)})
+    elif args.claran_command == "detect":
+        _print(claran.detect(args.inputs, model_dir=args.model, out=args.out, dataset=args.dataset, user_filter=args.user_filter))
+    elif args.claran_command == "summary":
+        sys.stdout.write(claran.summary(args.preset) + "\n")
+    return 0
 
 
 def _setup_logging(verbose: int) -> None:
@@ -173,16 +253,27 @@ def _print(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _train_strategy(args):
+    """The distribution strategy of a training command, created before any other TensorFlow op
+    (MultiWorkerMirroredStrategy requires it; docs/scaling.md)."""
+    from keras_astro.distribute import get_strategy
+
+    if args.backup_every < 1:
+        raise ValueError(f"--backup-every must be at least 1, got {args.backup_every}")
+    return get_strategy()
+
+
 def _agn(args) -> int:
+    strategy = _train_strategy(args) if args.agn_command in ("cv", "ablate") else None
     from keras_astro.studies import agn
 
     progress = not args.no_progress
     if args.agn_command == "cv":
         overrides = {k: v for k, v in {"max_epochs": args.epochs, "missing_strategy": args.missing, "batch_size": args.batch_size, "seed": args.seed, "start_from_epoch": args.warmup}.items() if v is not None}
-        m = agn.run_cv(args.preset, out=args.out, quick=args.quick, data=args.data, n_folds=args.folds, overrides=overrides, export=not args.no_export, progress=progress)
+        m = agn.run_cv(args.preset, out=args.out, quick=args.quick, data=args.data, n_folds=args.folds, overrides=overrides, export=not args.no_export, progress=progress, strategy=strategy, backup_dir=args.backup_dir, backup_every=args.backup_every)
         _print({k: m[k] for k in agn.METRICS} | {"folds": len(m["folds"]), "out": str(args.out)})
     elif args.agn_command == "ablate":
-        m = agn.run_ablation(args.preset, out=args.out, quick=args.quick, data=args.data, groups=args.groups, n_folds=args.folds, progress=progress)
+        m = agn.run_ablation(args.preset, out=args.out, quick=args.quick, data=args.data, groups=args.groups, n_folds=args.folds, progress=progress, strategy=strategy, backup_dir=args.backup_dir, backup_every=args.backup_every)
         _print({g: round(v["roc_auc"], 4) for g, v in m["groups"].items()})
     elif args.agn_command == "predict":
         s = agn.predict_catalogue(args.catalog, args.models, out=args.out, threshold=args.threshold)
@@ -223,13 +314,11 @@ def _spectra(args) -> int:
         table.write(args.out, format="ascii.csv", overwrite=True)
         _print({"rows": len(table), "out": str(args.out)})
     elif cmd == "download":
-        from astropy.table import Table
-
         from keras_astro.io import sdss
 
         if not args.targets.is_file():
             raise FileNotFoundError(f"{args.targets}: no such targets file")
-        targets = Table.read(args.targets, format="ascii.csv")
+        targets = sdss.read_targets(args.targets)
         rep = sdss.SDSSClient(data_release=args.data_release).download_spectra(targets, args.out_dir, store=args.store, workers=args.workers, retries=args.retries, progress=progress)
         _print({k: getattr(rep, k) for k in ("n_requested", "n_downloaded", "n_skipped", "n_failed")} | {"out_dir": str(args.out_dir)})
         return 0 if rep.n_failed == 0 else 1
@@ -239,6 +328,30 @@ def _spectra(args) -> int:
         normalise = args.normalise or ("fnet" if args.grid == "fnet" else None)
         res = preprocess_store(args.input, args.out, grid=args.grid, normalise=None if normalise == "none" else normalise, smooth_sigma=args.smooth, with_equivalent_widths=not args.no_ew, chunk_rows=args.chunk_rows, progress=progress)
         _print({"out": res["output"], "grid": res["grid"], "kept": res["n_kept"], "skipped": len(res["skipped"])})
+    elif cmd in ("tune", "train", "predict"):
+        return _thesis(args, progress)
+    return 0
+
+
+def _thesis(args, progress: bool) -> int:
+    from keras_astro.studies import spectra as thesis
+
+    cmd = args.spectra_command
+    if cmd == "tune":
+        m = thesis.tune(args.out, quick=args.quick, data=args.data, task=args.task, algorithm=args.algorithm, max_trials=args.trials, epochs=args.epochs, retrain_epochs=args.retrain_epochs, directory=args.directory, overwrite=args.overwrite, seed=args.seed, progress=progress)
+        _print({k: m.get(k) for k in ("n_trials", "n_new_trials", "best_trial", "best_val_accuracy", "accuracy")} | {"trials": str(args.out / "trials.csv")})
+    elif cmd == "train":
+        m = thesis.train(args.out, model=args.model, task=args.task, quick=args.quick, data=args.data, drop_null=args.drop_null, smooth_sigma=args.smooth, with_equivalent_widths=not args.no_ew, hparams=args.hparams, epochs=args.epochs, batch_size=args.batch_size, n=args.n, seed=args.seed, export=not args.no_export, progress=progress)
+        keys = ("reconstruction_mse",) if args.model == "autoencoder" else ("accuracy", "recall")
+        _print({k: m.get(k) for k in keys} | {"out": str(args.out)})
+    elif cmd == "predict":
+        res = thesis.predict(args.model, args.input, out=args.out)
+        summary = {k: res[k] for k in ("model", "task", "n", "accuracy", "out") if k in res}
+        if "predicted" in res:
+            summary["predicted_counts"] = {c: res["predicted"].count(c) for c in res["classes"]}
+        else:
+            summary["mean_mse"] = float(res["mse"].mean())
+        _print(summary)
     return 0
 
 
@@ -264,14 +377,15 @@ def _rgz(args) -> int:
 
 
 def _fnet(args) -> int:
+    strategy = _train_strategy(args) if args.fnet_command in ("train", "mask") else None
     from keras_astro.studies import fnet
 
     progress = not args.no_progress
     if args.fnet_command == "train":
-        m = fnet.train_fnet(args.out, quick=args.quick, data=args.data, n=args.n, preset=args.preset, conv_impl=args.conv, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, baseline=not args.no_baseline, progress=progress)
+        m = fnet.train_fnet(args.out, quick=args.quick, data=args.data, n=args.n, preset=args.preset, conv_impl=args.conv, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, baseline=not args.no_baseline, export=not args.no_export, progress=progress, strategy=strategy, backup_dir=args.backup_dir, backup_every=args.backup_every)
         _print({"test": m["fnet"].get("test"), "qn_fail": m["fnet"].get("qn_fail"), "out": str(args.out)})
     elif args.fnet_command == "mask":
-        _print(fnet.line_mask_experiment(args.out, quick=args.quick, data=args.data, n=args.n, preset=args.preset, conv_impl=args.conv, epochs=args.epochs, progress=progress))
+        _print(fnet.line_mask_experiment(args.out, quick=args.quick, data=args.data, n=args.n, preset=args.preset, conv_impl=args.conv, epochs=args.epochs, progress=progress, strategy=strategy, backup_dir=args.backup_dir, backup_every=args.backup_every))
     elif args.fnet_command == "predict":
         res = fnet.predict(args.model, args.inputs)
         if args.out:
@@ -309,6 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _rgz(args)
         elif args.command == "fnet":
             return _fnet(args)
+        elif args.command == "claran":
+            return _claran(args)
+    except ModelFileError as exc:
+        log.debug("refused model", exc_info=True)
+        sys.stderr.write(f"keras-astro: refused model: {exc}\n")
+        return 2
     except (FileNotFoundError, ValueError, KeyError, ConnectionError, RuntimeError, OSError) as exc:
         log.debug("error", exc_info=True)
         sys.stderr.write(f"keras-astro: error: {exc}\n")

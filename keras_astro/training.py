@@ -68,7 +68,9 @@ def fit_in_memory(
     batch_size
         Per-replica batch size; the global batch is scaled by the number of replicas.
     callbacks
-        Keras callbacks (e.g. :class:`keras_astro.callbacks.MonitorStopping`).
+        Keras callbacks (e.g. :class:`keras_astro.callbacks.MonitorStopping`). With a
+        :class:`keras_astro.callbacks.BackupAndResume` first in the list, a restarted call
+        continues from the backed-up epoch (same weights, optimiser, dropout seeds and batch order).
     progress
         Show a tqdm bar over epochs.
     jit_compile
@@ -98,8 +100,9 @@ def fit_in_memory(
     xvt, yvt = tf.constant(xv), tf.constant(yv)
     trainable = model.trainable_variables
     if not model.optimizer.built:
-        model.optimizer.build(trainable)
-    gen = tf.random.Generator.from_seed(seed)
+        with strategy.scope():  # e.g. OneDeviceStrategy on a one-GPU machine
+            model.optimizer.build(trainable)
+    seed_t = tf.constant(int(seed), tf.int64)
     jit = (steps > 1) if jit_compile == "auto" else bool(jit_compile)
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
@@ -114,13 +117,17 @@ def fit_in_memory(
     keys = ("loss", "val_loss", "val_agn_completeness", "val_sfg_completeness", "val_accuracy")
 
     @tf.function
-    def run_epoch():
-        """One epoch and the validation logs, returned as one (5,) tensor (a single host sync)."""
+    def run_epoch(epoch):
+        """One epoch and the validation logs, returned as one (5,) tensor (a single host sync).
+
+        The mini-batch order is a function of (seed, epoch) only, so a resumed run
+        (:class:`keras_astro.callbacks.BackupAndResume`) sees the batches an uninterrupted one would.
+        """
         total = tf.constant(0.0)
         if steps == 1:  # full batch: one step on the whole fold, order is irrelevant
             total += train_step(xt, yt)
         else:
-            order = tf.argsort(gen.uniform([n]))
+            order = tf.argsort(tf.random.stateless_uniform([n], seed=tf.stack([seed_t, epoch])))
             for b in tf.range(steps):
                 idx = order[b * gbs : tf.minimum((b + 1) * gbs, n)]
                 total += train_step(tf.gather(xt, idx), tf.gather(yt, idx))
@@ -130,11 +137,12 @@ def fit_in_memory(
 
     model.stop_training = False
     cb.on_train_begin()
-    bar = tqdm(total=epochs, desc=description, disable=not progress, leave=False)
-    epoch = 0
-    for epoch in range(epochs):
+    start = int(getattr(model, "_initial_epoch", None) or 0)  # set by BackupAndResume on a restart
+    bar = tqdm(total=epochs, initial=min(start, epochs), desc=description, disable=not progress, leave=False)
+    epoch = start - 1
+    for epoch in range(start, epochs):
         cb.on_epoch_begin(epoch)
-        logs = dict(zip(keys, run_epoch().numpy().tolist()))
+        logs = dict(zip(keys, run_epoch(tf.constant(epoch, tf.int64)).numpy().tolist()))
         cb.on_epoch_end(epoch, logs)
         bar.update(1)
         if "monitor" in logs:

@@ -110,6 +110,16 @@ def prepare_inputs(x_raw: np.ndarray, filler: MissingBandFiller, removed_bands: 
     return filler.transform(x)[..., None]
 
 
+def _digest(*arrays: np.ndarray) -> str:
+    """SHA-1 of arrays' bytes: identifies a fold's data in its training backup."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def cross_validate(
     phot: Photometry,
     config: AGNConfig,
@@ -120,6 +130,9 @@ def cross_validate(
     strategy=None,
     keep_models: bool = False,
     progress: bool = True,
+    backup_dir: str | os.PathLike | None = None,
+    backup_every: int = 50,
+    callbacks: Sequence = (),
 ) -> CVResult:
     """Stratified K-fold cross-validation of the Sec 2.3 network (Sec 2.2).
 
@@ -140,12 +153,27 @@ def cross_validate(
         ``tf.distribute`` strategy; default from :func:`keras_astro.distribute.get_strategy`.
     keep_models
         Keep each fold's trained model (and its missing-band filler) in the result.
+    backup_dir
+        Make the CV resumable: each fold backs up its training every ``backup_every`` epochs in
+        ``backup_dir/fold-<k>`` (this worker's part, :func:`keras_astro.distribute.worker_backup_dir`)
+        and records its end there, so a killed CV restarted with the same arguments skips finished
+        folds and continues the interrupted one (:class:`keras_astro.callbacks.BackupAndResume`).
+        The caller deletes the folder when it no longer needs it.
+    callbacks
+        Extra Keras callbacks for every fold's training (e.g. TensorBoard).
     """
     import keras
     from sklearn.model_selection import StratifiedKFold
     from tqdm.auto import tqdm
 
-    from keras_astro.distribute import get_strategy
+    from keras_astro.callbacks import BackupAndResume
+    from keras_astro.distribute import (
+        get_strategy,
+        local_copy,
+        synchronize_batch_norm,
+        worker_backup_dir,
+        worker_failures,
+    )
     from keras_astro.models.agn import build_agn_cnn, compile_agn_cnn, stopping_callback
     from keras_astro.training import fit_in_memory
 
@@ -165,19 +193,27 @@ def cross_validate(
         keras.utils.set_random_seed(config.seed * 1000 + fold)
         with strategy.scope():
             model = compile_agn_cnn(build_agn_cnn(config), config)
+            synchronize_batch_norm(model, strategy)
         stop = stopping_callback(config)
         batch = config.batch_size or len(tr)
-        with Timer() as t:
+        fold_callbacks = [stop, *callbacks]
+        backup = None
+        if backup_dir is not None:
+            fingerprint = {"study": "agn", "config": config.to_dict(), "n_folds": k, "fold": fold, "removed_bands": [int(b) for b in removed_bands], "replicas": strategy.num_replicas_in_sync, "data_sha1": _digest(x_tr, y[tr], x_va, y[va])}
+            backup = BackupAndResume(worker_backup_dir(backup_dir, strategy) / f"fold-{fold}", epoch_freq=backup_every, fingerprint=fingerprint, track=[stop])
+            fold_callbacks.insert(0, backup)
+        with Timer() as t, worker_failures(backup_dir):
             hist = fit_in_memory(
                 model, x_tr, y[tr], validation_data=(x_va, y[va]), epochs=config.max_epochs,
-                batch_size=batch, callbacks=[stop], seed=config.seed + fold, strategy=strategy,
+                batch_size=batch, callbacks=fold_callbacks, seed=config.seed + fold, strategy=strategy,
                 progress=progress, description=f"fold {fold + 1}/{k}",
             )
+        model = local_copy(model, strategy)  # multi-worker: predict and keep a plain copy on each worker
         scores = model.predict(x_va, batch_size=4096, verbose=0).ravel()
         metrics = classification_report(y[va], scores)
         n_epochs = len(hist.history.get("loss", []))
         result.folds.append(
-            FoldResult(fold, metrics, n_epochs, stop.best_epoch, stop.stopped_epoch, va, scores, dict(hist.history), t.seconds)
+            FoldResult(fold, metrics, n_epochs, stop.best_epoch, stop.stopped_epoch, va, scores, dict(hist.history), backup.total_seconds if backup else t.seconds)
         )
         log.info("fold %d: %s after %d epochs", fold + 1, {m: round(v, 4) for m, v in metrics.items()}, n_epochs)
         if keep_models:
@@ -235,6 +271,9 @@ def run_cv(
     export: bool = True,
     strategy=None,
     progress: bool = True,
+    backup_dir: str | os.PathLike | None = None,
+    backup_every: int = 50,
+    callbacks: Sequence = (),
 ) -> dict:
     """Cross-validate preset A/B/C and write the run folder.
 
@@ -243,13 +282,22 @@ def run_cv(
     ``config.json``, ``figures/roc.png`` (Fig. 8), ``figures/history.png`` (Fig. 7), and — as in
     Sec 4.1, where one fold's model classifies the field — the first fold's model as
     ``savedmodel/`` (raw photometry in) and ``model.keras``.
+
+    Training is resumable: folds back up to ``backup_dir`` (default ``out/backup``) every
+    ``backup_every`` epochs; the same call after a kill continues there, and the folder is deleted
+    when the run completes. Under a multi-worker strategy every worker runs this function; only
+    the chief writes ``out`` (docs/scaling.md).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from keras_astro.distribute import discard_output_dir, get_strategy, output_dir, remove_backup
+
+    strategy = strategy or get_strategy()  # first: a multi-worker strategy must precede other TF ops
+    final_out = Path(out)
+    out = output_dir(final_out, strategy)
+    backup_root = Path(backup_dir) if backup_dir else final_out / "backup"
     cfg = AGNConfig.preset(preset, **{**(QUICK if quick else {}), **dict(overrides or {})})
     phot = load_labelled(data, quick=quick)
     with Timer() as t:
-        res = cross_validate(phot, cfg, n_folds=n_folds, folds_to_run=folds_to_run, keep_models=export, strategy=strategy, progress=progress)
+        res = cross_validate(phot, cfg, n_folds=n_folds, folds_to_run=folds_to_run, keep_models=export, strategy=strategy, progress=progress, backup_dir=backup_root, backup_every=backup_every, callbacks=callbacks)
     summary = res.summary()
     folds = [{"fold": f.fold + 1, **f.metrics, "epochs": f.epochs, "best_epoch": f.best_epoch + 1, "stopped_epoch": f.stopped_epoch + 1 if f.stopped_epoch >= 0 else None, "seconds": f.seconds} for f in res.folds]
     oof = res.oof_scores
@@ -289,6 +337,8 @@ def run_cv(
         model, filler = res.models[0], res.fillers[0]
         model.save(out / "model.keras")
         export_agn_model(model, filler, out / "savedmodel", name=preset.upper(), extra={"fold": res.folds[0].fold + 1, "config": cfg.to_dict()})
+    remove_backup(backup_root, strategy)
+    discard_output_dir(out, final_out)
     return metrics
 
 
@@ -304,13 +354,21 @@ def run_ablation(
     overrides: Mapping | None = None,
     strategy=None,
     progress: bool = True,
+    backup_dir: str | os.PathLike | None = None,
+    backup_every: int = 50,
 ) -> dict:
     """Sec 4.3: cross-validate with each wavelength group removed; ROC figure like Fig. 12.
 
     Writes ``metrics.json`` (the four metrics per experiment), ``ablation.md`` and
-    ``figures/ablation_roc.png``.
+    ``figures/ablation_roc.png``. Resumable like :func:`run_cv` (``backup_dir``, default
+    ``out/backup``, one sub-folder per experiment).
     """
-    out = Path(out)
+    from keras_astro.distribute import discard_output_dir, get_strategy, output_dir, remove_backup
+
+    strategy = strategy or get_strategy()
+    final_out = Path(out)
+    out = output_dir(final_out, strategy)
+    backup_root = Path(backup_dir) if backup_dir else final_out / "backup"
     cfg = AGNConfig.preset(preset, **{**(QUICK if quick else {}), **dict(overrides or {})})
     phot = load_labelled(data, quick=quick)
     all_groups = specs.band_groups()
@@ -321,7 +379,7 @@ def run_ablation(
     results, curves, rows = {}, [], []
     for name in ["none", *names]:
         removed = [] if name == "none" else all_groups[name]
-        res = cross_validate(phot, cfg, n_folds=n_folds, folds_to_run=folds_to_run, removed_bands=removed, strategy=strategy, progress=progress)
+        res = cross_validate(phot, cfg, n_folds=n_folds, folds_to_run=folds_to_run, removed_bands=removed, strategy=strategy, progress=progress, backup_dir=backup_root / name, backup_every=backup_every)
         s = res.summary()
         oof = res.oof_scores
         done = ~np.isnan(oof)
@@ -334,6 +392,8 @@ def run_ablation(
     write_text(out / "ablation.md", markdown_table(["training data", "AGN compl.", "SFG compl.", "accuracy", "ROC AUC"], rows))
     metrics = {"preset": preset.upper(), "quick": quick, "groups": results, "group_counts": {g: len(v) for g, v in all_groups.items()}}
     write_json(out / "metrics.json", metrics)
+    remove_backup(backup_root, strategy)
+    discard_output_dir(out, final_out)
     return metrics
 
 

@@ -158,8 +158,19 @@ def prepare_data(
 
 
 def _dataset(
-    data: FNetData, rows: np.ndarray, *, batch_size: int, shuffle: bool, seed: int, labels: bool = True, transform=None
+    data: FNetData,
+    rows: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    labels: bool = True,
+    transform=None,
+    plan=None,
+    strategy=None,
 ):
+    """Batches of ``rows`` (``batch_size`` is global). With a file-level ``plan``
+    (:func:`keras_astro.distribute.plan_input_sharding`) each worker reads only its shard files."""
     from keras_astro.pipelines.spectra import spectra_dataset
 
     keep = np.zeros(len(data.z), bool)
@@ -169,6 +180,21 @@ def _dataset(
         if labels
         else None
     )
+    if plan is not None and plan.policy == "file":
+        from keras_astro.distribute import distribute_per_worker
+
+        mine = np.zeros(len(data.z), bool)
+        mine[plan.rows] = True
+        local = max(1, strategy.num_replicas_in_sync // plan.num_workers)
+
+        def per_worker(per_replica: int):
+            ds = spectra_dataset(
+                data.path, label=label, where=lambda meta: mine, batch_size=per_replica, shuffle=shuffle,
+                seed=seed, chunk_rows=256, transform=transform, drop_remainder=True,
+            )
+            return ds.take(plan.steps * local)  # the same number of steps on every worker
+
+        return distribute_per_worker(strategy, per_worker, per_worker_batch=plan.per_worker_batch)
     return spectra_dataset(
         data.path,
         label=label,
@@ -306,19 +332,32 @@ def _fit(
     transform=None,
     train_rows=None,
     val_rows=None,
+    plan=None,
+    strategy=None,
+    backup_dir=None,
 ):
+    from keras_astro.distribute import worker_failures
+
     train_rows = data.splits["train"] if train_rows is None else train_rows
     val_rows = data.splits["val"] if val_rows is None else val_rows
-    train = _dataset(data, train_rows, batch_size=batch_size, shuffle=True, seed=seed, transform=transform)
+    train = _dataset(data, train_rows, batch_size=batch_size, shuffle=True, seed=seed, transform=transform, plan=plan, strategy=strategy)
     val = _dataset(data, val_rows, batch_size=batch_size, shuffle=False, seed=seed, transform=transform)
-    return model.fit(
-        train,
-        validation_data=val,
-        epochs=epochs,
-        verbose=1 if progress else 0,
-        callbacks=list(callbacks),
-        shuffle=False,
-    )
+    with worker_failures(backup_dir):
+        return model.fit(
+            train,
+            validation_data=val,
+            epochs=epochs,
+            verbose=1 if progress else 0,
+            callbacks=list(callbacks),
+            shuffle=False,
+        )
+
+
+def _backup(root: Path, name: str, fingerprint: dict, every: int | None, track=()):
+    """A :class:`~keras_astro.callbacks.BackupAndResume` for one training stage of this worker."""
+    from keras_astro.callbacks import BackupAndResume
+
+    return BackupAndResume(root / name, save_freq=every or "epoch", fingerprint={**fingerprint, "stage": name}, track=list(track))
 
 
 def train_fnet(
@@ -336,21 +375,47 @@ def train_fnet(
     export: bool = True,
     strategy=None,
     progress: bool = True,
+    backup_dir: str | os.PathLike | None = None,
+    backup_every: int | None = 500,
+    callbacks: Sequence = (),
 ) -> dict[str, Any]:
     """Train and evaluate FNet (and the QuasarNET-style baseline); writes ``out/metrics.json``.
 
     metrics.json holds, per model and test set (``test``: objects new in DR16Q; ``qn_fail``:
     Z_QN = −1), ``dv_acc_6000``, ``dv_acc_12000``, ``dv_acc_30000`` (fractions) and ``n``.
+
+    Training is resumable: each model backs up every ``backup_every`` steps and at every epoch
+    end to ``backup_dir`` (default ``out/backup``); the same call after a kill continues from
+    there with exactly the planned number of steps, ``history.csv`` lists every epoch once, and
+    the folder is deleted when the run completes. Under a multi-worker strategy every worker runs
+    this function and only the chief writes ``out``; a store split into at least one shard file
+    per worker is read file by file, any other store is sharded by batch (docs/scaling.md).
+    ``callbacks`` are extra Keras callbacks for the FNet training (e.g. TensorBoard).
     """
     import keras
 
-    from keras_astro.distribute import describe_strategy, get_strategy, global_batch_size
+    from keras_astro.callbacks import ResumableCSVLogger
+    from keras_astro.distribute import (
+        describe_strategy,
+        discard_output_dir,
+        get_strategy,
+        global_batch_size,
+        local_copy,
+        output_dir,
+        plan_input_sharding,
+        remove_backup,
+        synchronize_batch_norm,
+        worker_backup_dir,
+        worker_info,
+    )
     from keras_astro.metrics import DeltaVAccuracy
     from keras_astro.models.fnet import FNetConfig, build_fnet, compile_fnet, fnet_callbacks
     from keras_astro.models.quasarnet import build_quasarnet_baseline
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    strategy = strategy or get_strategy()  # first: a multi-worker strategy must precede other TF ops
+    final_out = Path(out)
+    out = output_dir(final_out, strategy)
+    backup_root = Path(backup_dir) if backup_dir else final_out / "backup"
     t0 = time.perf_counter()
     keras.utils.set_random_seed(seed)
     d = prepare_data(data, n=n, quick=quick, seed=seed, progress=progress)
@@ -358,15 +423,22 @@ def train_fnet(
     cfg = FNetConfig.preset(preset, seed=seed, input_length=int(d.wavelengths.size))
     epochs = epochs or (QUICK["epochs"] if quick else cfg.epochs)
     per_replica = batch_size or (QUICK["batch_size"] if quick else cfg.batch_size)
-    strategy = strategy or get_strategy()
     gbs = global_batch_size(per_replica, strategy)
-    steps = int(np.ceil(d.splits["train"].size / gbs))
+    n_workers, worker_index = worker_info(strategy)
+    plan = None
+    if n_workers > 1:
+        in_train = np.zeros(len(d.z), bool)
+        in_train[d.splits["train"]] = True
+        plan = plan_input_sharding(d.path, in_train, global_batch=gbs, num_workers=n_workers, worker_index=worker_index)
+        log.info("input sharding over %d workers: %s", n_workers, plan.policy)
+    steps = plan.steps if plan is not None and plan.steps else int(np.ceil(d.splits["train"].size / gbs))
     if quick and cfg.lr_schedule == "step":
         cfg = cfg.replace(lr_schedule="constant")  # the 75/85/90-epoch drops never happen in 2 epochs
     metrics_in_graph = [DeltaVAccuracy(t, d.z_min, d.z_max) for t in THRESHOLDS]
     with strategy.scope():
         model = build_fnet(cfg, conv_impl=conv_impl)
         compile_fnet(model, cfg, steps_per_epoch=steps, metrics=metrics_in_graph)
+        synchronize_batch_norm(model, strategy)
     log.info(
         "FNet: %d train / %d val / %d test / %d QN-failure spectra, %d epochs, global batch %d, %s",
         d.splits["train"].size,
@@ -377,16 +449,27 @@ def train_fnet(
         gbs,
         describe_strategy(strategy)["strategy"],
     )
-    cbs = [*fnet_callbacks(cfg), keras.callbacks.CSVLogger(str(out / "history.csv"))]
-    hist = _fit(model, d, epochs=epochs, batch_size=gbs, seed=seed, callbacks=cbs, progress=progress)
+    my_backup = worker_backup_dir(backup_root, strategy)
+    fingerprint = {
+        "study": "fnet", "config": cfg.to_dict(), "conv_impl": conv_impl, "epochs": epochs, "global_batch": gbs,
+        "replicas": strategy.num_replicas_in_sync, "data": str(d.path), "seed": seed,
+        "splits": {k: int(v.size) for k, v in d.splits.items()}, "z_range": [d.z_min, d.z_max],
+    }
+    schedule = fnet_callbacks(cfg)
+    cbs = [_backup(my_backup, "fnet", fingerprint, backup_every, schedule), *schedule, ResumableCSVLogger(out / "history.csv"), *callbacks]
+    hist = _fit(model, d, epochs=epochs, batch_size=gbs, seed=seed, callbacks=cbs, progress=progress, plan=plan, strategy=strategy, backup_dir=backup_root)
     sets = {k: d.splits[k] for k in ("test", "qn_fail") if d.splits[k].size}
     z_true = {k: d.z[rows] for k, rows in sets.items()}
+    model = local_copy(model, strategy)  # multi-worker: every worker predicts and saves on its own
     preds = {"FNet": {k: _predict_z(model, d, rows, gbs) for k, rows in sets.items()}}
     if baseline:
         with strategy.scope():
             qn = build_quasarnet_baseline(int(model.inputs[0].shape[1]), seed=seed)
             qn.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, global_clipnorm=cfg.clipnorm), loss="mse")
-        _fit(qn, d, epochs=epochs, batch_size=gbs, seed=seed, progress=progress)
+            synchronize_batch_norm(qn, strategy)
+        qn_backup = _backup(my_backup, "baseline", fingerprint, backup_every)
+        _fit(qn, d, epochs=epochs, batch_size=gbs, seed=seed, callbacks=[qn_backup], progress=progress, plan=plan, strategy=strategy, backup_dir=backup_root)
+        qn = local_copy(qn, strategy)
         preds["QuasarNET-style baseline"] = {k: _predict_z(qn, d, rows, gbs) for k, rows in sets.items()}
     results = {name: {k: _accuracies(p[k], z_true[k]) for k in p} for name, p in preds.items()}
     _figures(out, preds, z_true)
@@ -410,9 +493,12 @@ def train_fnet(
         "history": {k: [float(x) for x in v] for k, v in hist.history.items()},
         "reported": rep,
         "seconds": round(time.perf_counter() - t0, 1),
+        "training_seconds": round(cbs[0].total_seconds, 1),
         "versions": versions(),
     }
     write_json(out / "metrics.json", metrics)
+    remove_backup(backup_root, strategy)
+    discard_output_dir(out, final_out)
     return metrics
 
 
@@ -427,15 +513,33 @@ def line_mask_experiment(
     epochs: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    strategy=None,
+    backup_dir: str | os.PathLike | None = None,
+    backup_every: int | None = 500,
 ) -> dict:
-    """Sec 5 / Fig. 7: quasars with 2.8 ≤ z ≤ 3, 90/10 train/test, emission lines masked."""
+    """Sec 5 / Fig. 7: quasars with 2.8 ≤ z ≤ 3, 90/10 train/test, emission lines masked.
+
+    Resumable and multi-worker like :func:`train_fnet` (``backup_dir`` default ``out/backup``).
+    """
     import keras
 
+    from keras_astro.distribute import (
+        discard_output_dir,
+        get_strategy,
+        global_batch_size,
+        local_copy,
+        output_dir,
+        remove_backup,
+        synchronize_batch_norm,
+        worker_backup_dir,
+    )
     from keras_astro.models.fnet import FNetConfig, build_fnet, compile_fnet
     from keras_astro.preprocess.spectra import mask_lines
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    strategy = strategy or get_strategy()
+    final_out = Path(out)
+    out = output_dir(final_out, strategy)
+    backup_root = Path(backup_dir) if backup_dir else final_out / "backup"
     keras.utils.set_random_seed(seed)
     d = prepare_data(data, n=n, quick=quick, seed=seed, progress=progress)
     rows = np.flatnonzero((d.z >= 2.8) & (d.z <= 3.0))
@@ -453,23 +557,31 @@ def line_mask_experiment(
 
     preset = preset or (QUICK["preset"] if quick else "paper")
     cfg = FNetConfig.preset(preset, seed=seed, lr_schedule="constant", input_length=int(d.wavelengths.size))
-    model = build_fnet(cfg, conv_impl=conv_impl)
-    compile_fnet(model, cfg)
+    with strategy.scope():
+        model = build_fnet(cfg, conv_impl=conv_impl)
+        compile_fnet(model, cfg)
+        synchronize_batch_norm(model, strategy)
     epochs = epochs or (QUICK["epochs"] if quick else cfg.epochs)
+    gbs = global_batch_size(QUICK["batch_size"] if quick else cfg.batch_size, strategy)
+    fingerprint = {"study": "fnet-line-mask", "config": cfg.to_dict(), "conv_impl": conv_impl, "epochs": epochs, "global_batch": gbs, "data": str(d.path), "seed": seed, "n_train": int(train.size)}
     _fit(
         model,
         d,
         epochs=epochs,
-        batch_size=QUICK["batch_size"] if quick else cfg.batch_size,
+        batch_size=gbs,
         seed=seed,
+        callbacks=[_backup(worker_backup_dir(backup_root, strategy), "line_mask", fingerprint, backup_every)],
         progress=progress,
         transform=masker,
         train_rows=train,
         val_rows=test,
+        backup_dir=backup_root,
     )
-    zp = _predict_z(model, d, test, 32, transform=masker)
+    zp = _predict_z(local_copy(model, strategy), d, test, 32, transform=masker)
     res = _accuracies(zp, d.z[test]) | {"n_train": int(train.size)}
     write_json(out / "line_mask_metrics.json", res)
+    remove_backup(backup_root, strategy)
+    discard_output_dir(out, final_out)
     return res
 
 
@@ -481,9 +593,9 @@ def predict(
 
     from keras_astro.io.spectra_store import read_store
     from keras_astro.preprocess.spectra import resample
+    from keras_astro.safety import load_savedmodel_safely
 
-    sm = tf.saved_model.load(str(model_path))
-    fn = sm.signatures["serving_default"]
+    fn = load_savedmodel_safely(model_path, signature="serving_default").signatures["serving_default"]
     grid = specs.spectral_grid("fnet")
     ids, fluxes = [], []
     for p in map(Path, inputs):
