@@ -18,7 +18,12 @@ of ``--epochs`` epochs (same contention for all); each chunk's time is taken fro
 first epoch (which includes tracing) to the end of its last. ``*_s_per_1000_epochs`` is the
 median over the chunks, ``*_best_s_per_1000_epochs`` the fastest chunk (the least disturbed).
 
-Prints one JSON line. Usage: ``python benchmarks/agn_cv.py [--epochs 100] [--rounds 3] [--xla]``.
+With ``--quick`` it instead times whole folds of the ``--quick`` schedule (mini-batches of 128,
+at most 60 epochs, Eq. 3 after 20; compilation included, as a user pays it once per fold) with
+the training step XLA-compiled and not, interleaved, and prints their ratio.
+
+Prints one JSON line. Usage: ``python benchmarks/agn_cv.py [--epochs 100] [--rounds 3] [--xla]``
+or ``python benchmarks/agn_cv.py --quick [--rounds 2]``.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved chunks per in-memory variant")
     ap.add_argument("--fit-epochs", type=int, default=40, help="epochs timed for keras fit (0 skips it)")
     ap.add_argument("--xla", action="store_true", help="also time the XLA-compiled full-batch step")
+    ap.add_argument("--quick", action="store_true", help="time quick-schedule folds with and without XLA instead")
     args = ap.parse_args()
+    if args.quick:
+        return quick_folds(args.rounds)
 
     import keras
     import numpy as np
@@ -115,6 +123,35 @@ def main() -> None:
         "tensorflow": tf.__version__,
         "machine": platform.machine(),
     })
+    print(json.dumps(out))
+
+
+def quick_folds(rounds: int) -> None:
+    """Seconds per fold of the quick schedule, XLA-compiled step vs TensorFlow's kernels."""
+    import tensorflow as tf
+
+    import keras_astro.training as training
+    from keras_astro.studies import agn
+    from keras_astro.training import fit_in_memory
+
+    times: dict[str, list[float]] = {"no_xla": [], "xla": []}
+    epochs: dict[str, list[int]] = {"no_xla": [], "xla": []}
+    for r in range(rounds):
+        for name, jit in (("no_xla", False), ("xla", True)):
+            training.fit_in_memory = lambda *a, _jit=jit, **k: fit_in_memory(*a, **{**k, "jit_compile": _jit})
+            try:
+                t = time.perf_counter()
+                m = agn.run_cv("B", out=f"/tmp/agn_quick_bench_{name}", quick=True, folds_to_run=[r], export=False, progress=False)
+                times[name].append(time.perf_counter() - t)
+                epochs[name].append(m["folds"][0]["epochs"])
+            finally:
+                training.fit_in_memory = fit_in_memory
+    out = {"benchmark": "agn_cv_quick_fold", "folds": rounds}
+    for name in times:
+        out[f"{name}_s_per_fold"] = round(statistics.median(times[name]), 2)
+        out[f"{name}_epochs"] = epochs[name]
+    out["xla_slowdown"] = round(out["xla_s_per_fold"] / out["no_xla_s_per_fold"], 2)
+    out.update({"cpu_threads": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2), "tensorflow": tf.__version__})
     print(json.dumps(out))
 
 

@@ -136,7 +136,7 @@ def main() -> None:
         "bf16_max_box_diff_px": box_diff,
         "paper_inference_ms": {"K40c": 220, "P100": 45},
     }
-    del det16, inf16
+    det16 = inf16 = f16 = None  # free the bfloat16 copy before the optional evaluation
 
     if args.model:
         from keras_astro.studies import claran

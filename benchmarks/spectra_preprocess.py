@@ -26,10 +26,9 @@ def _load_reference():
 
 
 def main(n_vec: int = 4000, n_row: int = 300) -> dict:
-    from keras_astro.simulate.spectra import simulate_spectra
-
     from keras_astro import specs
     from keras_astro.preprocess import spectra as P
+    from keras_astro.simulate.spectra import simulate_spectra
 
     ref = _load_reference()
     sim = simulate_spectra(n_vec, seed=11)

@@ -147,6 +147,7 @@ _FORMAT = 1
 _KERAS_CALLBACK_STATE = {
     keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
     keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
+    keras.callbacks.ModelCheckpoint: ("best",),  # save_best_only: the best monitored value so far
 }
 
 

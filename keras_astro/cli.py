@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="all studies together in under 10 minutes on 2 CPU cores")
     p.add_argument("--studies", type=_csv_list, default=None, help="comma-separated subset, e.g. agn (default: all available)")
 
-    p = sub.add_parser("info", help="show devices, the distribution strategy and versions", description="Print the devices TensorFlow sees, the strategy keras-astro would use and library versions.")
+    p = sub.add_parser("info", help="show devices, the distribution strategy and versions", description="Print the devices TensorFlow sees, the strategy keras-astro would use and library versions. Under a multi-worker TF_CONFIG (or Slurm) it describes this worker's place in the cluster without joining it.")
 
     agn = sub.add_parser("agn", help="Chen et al. 2021: AGN recognition from 44-band photometry", description="AGN vs star-forming galaxy from 44-band NEPW photometry (Chen et al. 2021).")
     asub = agn.add_subparsers(dest="agn_command", metavar="ACTION", required=True)
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="simulated spectra (embedded data only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-export", action="store_true", help="skip model.keras and savedmodel/")
+    p.add_argument("--backup-dir", type=Path, default=None, help="training backup; a restarted run resumes from it (default: OUT/backup, deleted on success)")
+    p.add_argument("--backup-every", type=int, default=None, help="training steps between backups, besides every epoch end (default: epoch ends only)")
     p = ssub.add_parser("predict", help="classify a store with a model from `spectra train`", description="Run DIR/savedmodel on every spectrum of FILE (resampled onto the thesis grid if needed); prints a summary, or writes a CSV with --out.")
     p.add_argument("input", type=Path, help="spectrum store (.h5)")
     p.add_argument("--model", type=Path, required=True, help="run folder of `spectra train` / `spectra tune` (or its savedmodel/)")
@@ -202,14 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="CSV to write (default: print JSON)")
     claran = sub.add_parser("claran", help="CLARAN: Faster R-CNN radio-source detection and morphology (Wu et al. 2019)", description="CLARAN (Wu et al. 2019): Faster R-CNN with VGG-16, RPN and ST-RoI pooling that finds radio sources in fused FIRST + WISE images and classifies their morphology (1C_1P ... 3C_3P).")
     csub = claran.add_subparsers(dest="claran_command", metavar="ACTION", required=True)
-    p = csub.add_parser("train", help="train on D1, D3 or D4 (or F/D2) and evaluate on the test split", description="Train CLARAN (momentum SGD 0.9, lr 1e-3 x 0.1 every 50,000 steps, flips, seed 3); resumes from DIR/backup; writes DIR/model.keras, DIR/savedmodel, DIR/history.csv, DIR/logs (TensorBoard), DIR/figures/losses.png and DIR/metrics.json (AP per class, mAP).")
+    p = csub.add_parser("train", help="train on D1, D3 or D4 (or F/D2) and evaluate on the test split", description="Train CLARAN (momentum SGD 0.9, lr 1e-3 x 0.1 every 50,000 steps, flips, seed 3); resumes from DIR/backup (or --backup-dir); writes DIR/model.keras, DIR/savedmodel, DIR/history.csv, DIR/logs (TensorBoard), DIR/figures/losses.png and DIR/metrics.json (AP per class, mAP).")
     _add_common(p)
     p.add_argument("--dataset", choices=["F", "D1", "D2", "D3", "D4"], default="D4", help="image fusion (Sec 3.4; default D4)")
     p.add_argument("--data", type=Path, default=None, help="data set folder from `keras-astro rgz build` (default: embedded simulation)")
     p.add_argument("--preset", choices=["paper", "small"], default=None, help="network preset (default: paper; small with --quick)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 80,000; quick 600)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 80,000; quick 1,000)")
     p.add_argument("--vgg-weights", type=Path, default=None, help="local Keras VGG-16 weights file (ImageNet); none can be downloaded here")
     p.add_argument("--xla", action="store_true", help="compile the training step with XLA")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
+    p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    p.add_argument("--backup-dir", type=Path, default=None, help="training backup; a restarted run resumes from it (default: OUT/backup, deleted on success)")
+    p.add_argument("--backup-every", type=int, default=None, help="training steps between backups, besides every epoch end (default: epoch ends only)")
     p = csub.add_parser("evaluate", help="AP per class (Eq. 12), mAP, Tables 6-8, PR curves", description="Evaluate a trained model on the test split; writes OUT/metrics.json (ap per class, map, components_only, multi_source, box_size, user_filter) and OUT/pr_curves.png.")
     p.add_argument("--model", type=Path, required=True, help="folder written by `claran train`")
     p.add_argument("--out", type=Path, required=True)
@@ -227,11 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _claran(args) -> int:
+    strategy = None
+    if args.claran_command == "train":
+        from keras_astro.distribute import get_strategy
+
+        strategy = get_strategy()  # before any other TensorFlow op (docs/scaling.md)
     from keras_astro.studies import claran
 
     progress = not args.no_progress
     if args.claran_command == "train":
-        m = claran.train(args.out, dataset=args.dataset, quick=args.quick, data_dir=args.data, preset=args.preset, steps=args.steps, vgg_weights=args.vgg_weights, jit_compile=args.xla, progress=progress)
+        m = claran.train(args.out, dataset=args.dataset, quick=args.quick, data_dir=args.data, preset=args.preset, steps=args.steps, vgg_weights=args.vgg_weights, jit_compile=args.xla, evaluate_after=not args.no_eval, export=not args.no_export, progress=progress, strategy=strategy, backup_dir=args.backup_dir, backup_every=args.backup_every)
         _print({"map": m.get("map"), "ap": m.get("ap"), "out": str(args.out)})
     elif args.claran_command == "evaluate":
         m = claran.evaluate(args.model, out=args.out, data_dir=args.data, split=args.split, progress=progress)
@@ -334,14 +345,19 @@ def _spectra(args) -> int:
 
 
 def _thesis(args, progress: bool) -> int:
+    cmd = args.spectra_command
+    strategy = None
+    if cmd == "train":
+        from keras_astro.distribute import get_strategy
+
+        strategy = get_strategy()  # before any other TensorFlow op (docs/scaling.md)
     from keras_astro.studies import spectra as thesis
 
-    cmd = args.spectra_command
     if cmd == "tune":
         m = thesis.tune(args.out, quick=args.quick, data=args.data, task=args.task, algorithm=args.algorithm, max_trials=args.trials, epochs=args.epochs, retrain_epochs=args.retrain_epochs, directory=args.directory, overwrite=args.overwrite, seed=args.seed, progress=progress)
         _print({k: m.get(k) for k in ("n_trials", "n_new_trials", "best_trial", "best_val_accuracy", "accuracy")} | {"trials": str(args.out / "trials.csv")})
     elif cmd == "train":
-        m = thesis.train(args.out, model=args.model, task=args.task, quick=args.quick, data=args.data, drop_null=args.drop_null, smooth_sigma=args.smooth, with_equivalent_widths=not args.no_ew, hparams=args.hparams, epochs=args.epochs, batch_size=args.batch_size, n=args.n, seed=args.seed, export=not args.no_export, progress=progress)
+        m = thesis.train(args.out, model=args.model, task=args.task, quick=args.quick, data=args.data, drop_null=args.drop_null, smooth_sigma=args.smooth, with_equivalent_widths=not args.no_ew, hparams=args.hparams, epochs=args.epochs, batch_size=args.batch_size, n=args.n, seed=args.seed, export=not args.no_export, progress=progress, strategy=strategy, backup_dir=args.backup_dir, backup_every=args.backup_every)
         keys = ("reconstruction_mse",) if args.model == "autoencoder" else ("accuracy", "recall")
         _print({k: m.get(k) for k in keys} | {"out": str(args.out)})
     elif cmd == "predict":
@@ -411,10 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "info":
             import tensorflow as tf
 
-            from keras_astro.distribute import describe_strategy, get_strategy
+            from keras_astro.distribute import planned_strategy
             from keras_astro.studies.common import versions
 
-            _print({"devices": [d.name for d in tf.config.list_logical_devices()], "strategy": describe_strategy(get_strategy()), "versions": versions()})
+            strategy = planned_strategy()  # describes a multi-worker cluster without joining it
+            _print({"devices": [d.name for d in tf.config.list_logical_devices()], "strategy": strategy, "versions": versions()})
         elif args.command == "agn":
             return _agn(args)
         elif args.command == "spectra":

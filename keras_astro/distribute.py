@@ -301,6 +301,31 @@ def describe_strategy(strategy: tf.distribute.Strategy) -> dict:
     }
 
 
+def planned_strategy() -> dict:
+    """What :func:`get_strategy` would create here, described without creating it.
+
+    A ``MultiWorkerMirroredStrategy`` joins its cluster when created and waits for every other
+    worker, so ``keras-astro info`` describes the cluster from ``TF_CONFIG`` (or Slurm) instead:
+    ``{"strategy", "workers", "worker_index", "task", "chief", "joined": False}``. For the other
+    kinds the strategy is cheap and is created and described (``"joined": True``).
+    """
+    kind = select_kind()
+    if kind != "multi_worker":
+        return {**describe_strategy(get_strategy(kind)), "joined": True}
+    if use_slurm():
+        n, index = slurm_num_tasks(), int(os.environ.get("SLURM_PROCID", "0") or 0)
+        return {"strategy": "MultiWorkerMirroredStrategy", "workers": n, "worker_index": index,
+                "task": f"worker:{index}", "chief": index == 0, "source": "slurm", "joined": False}
+    cfg = parse_tf_config() or {}
+    cluster, task = cfg.get("cluster", {}), cfg.get("task", {})
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    ttype, tid = task.get("type"), int(task.get("index", 0))
+    index = 0 if ttype == "chief" else (chiefs + tid if ttype == "worker" else -1)
+    chief = ttype == "chief" or (chiefs == 0 and ttype == "worker" and tid == 0)
+    return {"strategy": "MultiWorkerMirroredStrategy", "workers": chiefs + workers, "worker_index": index,
+            "task": f"{ttype}:{tid}" if ttype else None, "chief": chief, "source": "TF_CONFIG", "joined": False}
+
+
 def global_batch_size(per_replica: int, strategy: tf.distribute.Strategy | None = None) -> int:
     """Global batch = ``per_replica`` × replicas in sync (every replica sees ``per_replica``)."""
     if per_replica < 1:

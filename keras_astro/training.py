@@ -74,9 +74,10 @@ def fit_in_memory(
     progress
         Show a tqdm bar over epochs.
     jit_compile
-        XLA-compile the training step. ``"auto"`` compiles mini-batch steps and leaves a
-        full-batch step to TensorFlow's own (oneDNN) kernels, which are several times faster for
-        batches of thousands on CPU (benchmarks/agn_cv.py, docs/fidelity_agn_speed.md).
+        XLA-compile the training step. ``"auto"`` compiles mini-batch steps on a GPU only. On CPU
+        TensorFlow's own (oneDNN) kernels are faster for both: several times for full batches of
+        thousands, and about 2x for the quick schedule's batches of 128 including the per-fold
+        compilation (benchmarks/agn_cv.py ``--quick``, docs/fidelity.md).
 
     Returns
     -------
@@ -103,7 +104,10 @@ def fit_in_memory(
         with strategy.scope():  # e.g. OneDeviceStrategy on a one-GPU machine
             model.optimizer.build(trainable)
     seed_t = tf.constant(int(seed), tf.int64)
-    jit = (steps > 1) if jit_compile == "auto" else bool(jit_compile)
+    if jit_compile == "auto":
+        jit = steps > 1 and bool(tf.config.list_logical_devices("GPU"))
+    else:
+        jit = bool(jit_compile)
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def train_step(xb, yb):

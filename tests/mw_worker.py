@@ -1,5 +1,6 @@
 """One worker of the multi-worker and resume tests: trains the AGN model and a tiny FNet through
-the studies' own entry points (``agn.run_cv`` and ``fnet.train_fnet``) and records what it did.
+the studies' own entry points (``agn.run_cv`` and ``fnet.train_fnet``), and on request the
+thesis CNN (``spectra.train``) and CLARAN (``claran.train``), and records what it did.
 
 Run as ``python tests/mw_worker.py --out DIR --record FILE.json [options]`` with ``TF_CONFIG`` set
 for a multi-worker run (see docs/scaling.md), or without it for the single-process reference. The
@@ -23,6 +24,17 @@ import numpy as np
 # The data sizes below make every global batch split evenly over two workers.
 AGN_FOLDS = 5  # 1,870 objects -> 1,496 training (748 per worker), 374 validation
 FNET_N = 176  # simulated quasars -> 112 training spectra, 7 steps of 16 (cached in KERAS_ASTRO_CACHE)
+SPECTRA_EPOCHS = 2  # thesis CNN on the tiny embedded store (153 training spectra), global batch 16
+CLARAN_STEPS = 4  # CLARAN small preset on the quick D4 build, one image per replica, 2 epochs of 2
+
+
+def prepare_caches() -> None:
+    """Build the embedded data the optional studies read, once, before workers start (two
+    workers generating the same cache files at once would race)."""
+    from keras_astro.studies import claran, spectra
+
+    spectra.prepare_data("main", quick="tiny")
+    claran.prepare_dataset("D4", quick=True, progress=False)
 
 
 def _recorder(name: str):
@@ -96,6 +108,26 @@ def run(out: Path, record: Path, *, studies=("agn", "fnet"), agn_epochs: int = 4
                           "history_loss": rec.info["history_loss"]}
         np.savez(f"{record}.fnet.npz", *rec.info["weights"])
         np.savez(f"{record}.fnet.init.npz", *rec.info["initial"])
+    if "spectra" in studies:
+        from keras_astro.studies import spectra
+
+        rec = _recorder("spectra")
+        m = spectra.train(out / "spectra", model="cnn", task="main", quick="tiny", epochs=SPECTRA_EPOCHS,
+                          batch_size=16 // replicas, export=False, strategy=strategy, progress=False, callbacks=[rec])
+        result["spectra"] = {"steps_run": rec.info["steps_run"], "epochs_run": rec.info["epochs_run"],
+                             "iterations": rec.info["iterations"], "n_train": m["splits"]["train"],
+                             "accuracy": m["accuracy"], "history_epochs": len(m["history"]["loss"])}
+        np.savez(f"{record}.spectra.npz", *rec.info["weights"])
+    if "claran" in studies:
+        from keras_astro.studies import claran
+
+        rec = _recorder("claran")
+        m = claran.train(out / "claran", dataset="D4", quick=True, steps=CLARAN_STEPS, steps_per_epoch=CLARAN_STEPS // 2,
+                         evaluate_after=False, export=False, strategy=strategy, progress=False, callbacks=[rec])
+        result["claran"] = {"steps_run": rec.info["steps_run"], "epochs_run": rec.info["epochs_run"],
+                            "iterations": rec.info["iterations"], "steps": m["steps"],
+                            "final_loss": m["final_losses"]["loss"]}
+        np.savez(f"{record}.claran.npz", *rec.info["weights"])
     tmp = record.with_name(record.name + ".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, record)

@@ -95,6 +95,29 @@ def test_multi_worker_kind_from_tf_config_and_slurm(monkeypatch):
     assert distribute.collective_timeout() == distribute.DEFAULT_COLLECTIVE_TIMEOUT
 
 
+def test_multi_worker_info_describes_the_cluster_without_joining_it(monkeypatch, capsys):
+    """`keras-astro info` on one worker of a two-worker TF_CONFIG returns at once (creating the
+    strategy would wait for the other worker) and says which task this is."""
+    from keras_astro import cli
+
+    for name in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", distribute.SLURM_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TF_CONFIG", _config(1))
+    assert cli.main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["strategy"] == {"strategy": "MultiWorkerMirroredStrategy", "workers": 2, "worker_index": 1,
+                                "task": "worker:1", "chief": False, "source": "TF_CONFIG", "joined": False}
+    assert distribute._MULTI_WORKER is None  # noqa: SLF001 - nothing was created
+    chief = json.dumps({"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]}, "task": {"type": "chief", "index": 0}})
+    monkeypatch.setenv("TF_CONFIG", chief)
+    assert distribute.planned_strategy()["chief"] and distribute.planned_strategy()["worker_index"] == 0
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    assert cli.main(["info"]) == 2
+    assert "TF_CONFIG" in capsys.readouterr().err
+    monkeypatch.delenv("TF_CONFIG")
+    assert distribute.planned_strategy()["joined"] is True
+
+
 def test_multi_worker_slurm_resolver_on_cpu_nodes(monkeypatch):
     """Two nodes, two tasks each, no GPUs: four CPU workers on ports 9000/9001 of each node."""
     for name in ("CUDA_VISIBLE_DEVICES", "SLURM_GPUS_ON_NODE"):
@@ -276,6 +299,10 @@ def test_multi_worker_two_workers_kill_resume_and_match_one_process(tmp_path):
          normalisation) moves by ±lr either way (docs/scaling.md, "How close is a multi-worker run
          to one process?"). AGN's resume is exact (full batch, weights and Adam state restored),
          so the kill does not loosen this comparison.
+    4. In the restarted job the workers also train the thesis CNN (``spectra.train``, 2 epochs of
+       10 global batches of 16 spectra) and CLARAN (``claran.train``, small preset, 4 steps of one
+       image per worker) through the same strategy: both make the planned optimiser steps, end
+       with bit-identical weights, and only the chief writes their run folders.
     """
     planned_agn = 10
     args = ("--agn-epochs", str(planned_agn))
@@ -307,7 +334,8 @@ def test_multi_worker_two_workers_kill_resume_and_match_one_process(tmp_path):
         backed_up = mw.latest_backup(tmp_path / "out0" / "agn" / "backup")
         assert backed_up and 3 <= backed_up["epoch"] < planned_agn
 
-        _start_workers(procs, tmp_path, "again", args)
+        mw.prepare_caches()  # embedded data of the studies the restarted job adds
+        _start_workers(procs, tmp_path, "again", (*args, "--studies", "agn,fnet,spectra,claran"))
         for i in (0, 1):
             assert procs.wait(f"again{i}", PHASE_TIMEOUT) == 0, procs.log(f"again{i}")
             assert "resuming from the backup" in procs.log(f"again{i}", tail=200000)
@@ -324,13 +352,16 @@ def test_multi_worker_two_workers_kill_resume_and_match_one_process(tmp_path):
         assert r["agn"]["iterations"] == planned_agn and r["agn"]["fold_epochs"] == planned_agn
         assert 0 < r["agn"]["epochs_run"] <= planned_agn - 3
         assert len(r["agn"]["history_loss"]) == planned_agn
-    for study, planned in (("agn", planned_agn), ("fnet", 2 * 7)):
-        assert [r[study]["iterations"] for r in recs] == [planned, planned] and ref[study]["iterations"] == planned
+    for study, planned in (("agn", planned_agn), ("fnet", 2 * 7), ("spectra", mw.SPECTRA_EPOCHS * 10), ("claran", mw.CLARAN_STEPS)):
+        assert [r[study]["iterations"] for r in recs] == [planned, planned]
+        assert study not in ref or ref[study]["iterations"] == planned
         w0, w1 = (_npz(tmp_path / f"rec{i}.json.{study}.npz") for i in (0, 1))
         for a, b in zip(w0, w1):
             np.testing.assert_array_equal(a, b)  # synchronous training: identical on every worker
     # only the chief writes the run folders; every backup was deleted on success
     assert (tmp_path / "out0" / "agn" / "metrics.json").is_file() and (tmp_path / "out0" / "fnet" / "history.csv").is_file()
+    assert recs[0]["spectra"]["n_train"] == 153 and (tmp_path / "out0" / "spectra" / "metrics.json").is_file()
+    assert (tmp_path / "out0" / "claran" / "model.keras").is_file() and recs[1]["claran"]["steps"] == mw.CLARAN_STEPS
     assert [p for p in (tmp_path / "out1").rglob("*") if p.is_file()] == []
     assert not list(tmp_path.rglob("backup"))
 

@@ -2,7 +2,7 @@
 loop and in ``Model.fit``, and the real CLI commands killed with SIGKILL and restarted.
 
 In-process tests interrupt training with an exception at a chosen step; the ``kill`` tests start
-``keras-astro agn cv`` / ``keras-astro fnet train`` as subprocesses, SIGKILL them once a backup
+``keras-astro agn cv`` / ``fnet train`` / ``spectra train`` / ``claran train`` as subprocesses, SIGKILL them once a backup
 exists, run the same command again and check it finishes the planned epochs and steps from the
 backup rather than from scratch.
 """
@@ -243,6 +243,71 @@ def test_kill_agn_cv_and_fnet_train_then_resume(tmp_path):
     assert len(json.loads((tmp_path / "fnet" / "metrics.json").read_text())["history"]["loss"]) == 2
     # backups are deleted on success
     assert not (tmp_path / "agn" / "backup").exists() and not (tmp_path / "fnet" / "backup").exists()
+
+
+def test_kill_spectra_train_and_claran_train_then_resume(tmp_path):
+    """The other two studies' train commands, SIGKILLed mid-epoch and started again side by side:
+
+    * ``keras-astro spectra train`` (thesis CNN on the tiny embedded store, 3 epochs of 10 global
+      batches of 16, backups every 3 steps and at epoch ends), killed inside its second or third
+      epoch: the restart resumes inside that epoch, the best-epoch checkpoint's ``val_loss``
+      carries over, history.csv lists each epoch once and the optimiser made exactly 3 x 10 steps;
+    * ``keras-astro claran train`` (small preset, 1 epoch of 8 steps, backups every 2 steps),
+      killed after step 4: the restart continues from the backup and the saved detector's
+      optimiser made exactly 8 steps.
+    """
+    from keras_astro.studies import claran, spectra
+
+    store = spectra.embedded_store("main", quick="tiny")
+    claran.prepare_dataset("D4", quick=True, progress=False)  # shared cache: built once, here
+    runs = {
+        "spectra": (_cli("spectra", "train", "--quick", "--data", str(store), "--model", "cnn", "--epochs", "3",
+                         "--batch-size", "16", "--backup-every", "3", "--no-export", "--out", str(tmp_path / "spectra")),
+                    tmp_path / "spectra" / "backup", lambda s: s["epoch"] >= 1 and s["step"] > 0 and not s["done"]),
+        "claran": (_cli("claran", "train", "--quick", "--steps", "8", "--backup-every", "2", "--no-eval", "--no-export",
+                        "--out", str(tmp_path / "claran")),
+                   tmp_path / "claran" / "backup", lambda s: s["step"] >= 4 and not s["done"]),
+    }
+    env = mw.quiet_env()
+    killed: dict[str, dict] = {}
+    logs: dict[str, str] = {}
+    with mw.Procs(tmp_path / "logs") as procs:
+        for name, (cmd, _, _) in runs.items():
+            procs.start(f"{name}-first", cmd, env)
+
+        def kill_ready():
+            for name, (_, folder, condition) in runs.items():
+                state = mw.latest_backup(folder)
+                if name not in killed and state and condition(state):
+                    procs.kill(f"{name}-first")
+                    killed[name] = state
+            for name in runs:
+                if name not in killed and procs.procs[f"{name}-first"].poll() is not None:
+                    raise AssertionError(f"{name} ended before it could be killed\n" + procs.log(f"{name}-first"))
+            return len(killed) == len(runs)
+
+        mw.wait_for(kill_ready, PHASE_TIMEOUT, "both runs to back up mid-epoch", poll=0.05)
+        assert not (tmp_path / "spectra" / "metrics.json").exists() and not (tmp_path / "claran" / "model.keras").exists()
+        for name, (cmd, _, _) in runs.items():
+            procs.start(f"{name}-again", cmd, env)
+        for name in runs:
+            assert procs.wait(f"{name}-again", PHASE_TIMEOUT) == 0, procs.log(f"{name}-again")
+            logs[name] = procs.log(f"{name}-again", tail=200000)
+
+    for name in runs:  # resumed where the backup was, not from scratch
+        resumed = _resumed(logs[name], "fit")
+        assert resumed != "done" and resumed >= (killed[name]["epoch"] + 1, killed[name]["step"]), (name, resumed, killed[name])
+    m = json.loads((tmp_path / "spectra" / "metrics.json").read_text())
+    assert m["splits"]["train"] == 153 and len(m["history"]["loss"]) == 3
+    with open(tmp_path / "spectra" / "history.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2]
+    assert m["history"]["val_loss"][: killed["spectra"]["epoch"]] == pytest.approx(killed["spectra"]["history"]["val_loss"])
+    import keras_astro.models.claran  # noqa: F401 - registers ClaranDetector
+
+    detector = keras.saving.load_model(tmp_path / "claran" / "model.keras")
+    assert int(detector.optimizer.iterations) == 8
+    assert json.loads((tmp_path / "claran" / "metrics.json").read_text())["steps"] == 8
+    assert not (tmp_path / "spectra" / "backup").exists() and not (tmp_path / "claran" / "backup").exists()
 
 
 def test_resume_monitor_stopping_state_round_trips():

@@ -4,7 +4,7 @@
 * :class:`ToeplitzConv2D` and :class:`FusedBatchNormalization`: drop-in subclasses of
   ``keras.layers.Conv2D`` and ``keras.layers.BatchNormalization`` with the same variables,
   configuration and mathematics, computed by faster CPU kernels for the network's (44, 2, C)
-  feature maps (docs/fidelity_agn_speed.md).
+  feature maps (docs/fidelity.md).
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def build_agn_cnn(config: AGNConfig | None = None, name: str = "agn_cnn", *, fas
     :class:`~keras_astro.layers.photometry.ToeplitzConv2D` and
     :class:`~keras_astro.layers.photometry.FusedBatchNormalization`: subclasses of
     ``keras.layers.Conv2D`` / ``BatchNormalization`` with the same variables, configuration and
-    mathematics that train about twice as fast on CPU (docs/fidelity_agn_speed.md).
+    mathematics that train about twice as fast on CPU (docs/fidelity.md).
     ``fast_layers=False`` builds the stock Keras layers; weights transfer either way.
     """
     cfg = config or AGNConfig()

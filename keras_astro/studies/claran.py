@@ -142,22 +142,46 @@ def train(
     export: bool = True,
     strategy=None,
     progress: bool = True,
+    backup_dir: str | os.PathLike | None = None,
+    backup_every: int | None = None,
+    callbacks: Sequence = (),
 ) -> dict[str, Any]:
     """Train CLARAN on ``dataset`` and write ``out/model.keras``, ``out/savedmodel``, losses and
     (with ``evaluate_after``) the test-set metrics in ``out/metrics.json``.
 
-    Training resumes from ``out/backup`` if a previous run of the same command was interrupted.
+    Training is resumable: it backs up at every epoch end and, with ``backup_every``, every that
+    many steps to ``backup_dir`` (default ``out/backup``); the same command after a kill continues
+    from the newest backup (weights, momentum, step count) and the folder is deleted when the run
+    completes. Under a multi-worker strategy every worker runs this function with one image per
+    replica per step (the paper's batch of one per GPU), the input is sharded by element, and only
+    the chief writes ``out``, evaluates and exports (docs/scaling.md).
     Without ``vgg_weights`` (a local Keras VGG-16 weights file) the backbone starts from random
     weights — the paper fine-tunes ImageNet weights, which cannot be downloaded here.
     """
     import keras
 
-    from keras_astro.distribute import describe_strategy, get_strategy
+    from keras_astro.callbacks import BackupAndResume, ResumableCSVLogger
+    from keras_astro.distribute import (
+        describe_strategy,
+        discard_output_dir,
+        get_strategy,
+        is_chief,
+        local_copy,
+        output_dir,
+        remove_backup,
+        worker_backup_dir,
+        worker_failures,
+    )
     from keras_astro.models.claran import build_claran, compile_claran, load_vgg16_weights
     from keras_astro.pipelines.rgz import read_split, rgz_dataset
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if backup_every is not None and (isinstance(backup_every, bool) or int(backup_every) < 1):
+        raise ValueError(f"backup_every must be a positive number of steps, got {backup_every!r}")
+    strategy = strategy or get_strategy()  # first: a multi-worker strategy must precede other TF ops
+    final_out = Path(out)
+    out = output_dir(final_out, strategy)
+    chief = is_chief(strategy)
+    backup_root = Path(backup_dir) if backup_dir else final_out / "backup"
     t0 = time.perf_counter()
     preset = preset or (QUICK["preset"] if quick else "paper")
     overrides = dict(QUICK["config"]) if quick and preset == QUICK["preset"] else {}
@@ -172,7 +196,6 @@ def train(
     spe = int(steps_per_epoch or (QUICK["steps_per_epoch"] if quick else 1000))
     spe = max(1, min(spe, total))
     epochs = int(np.ceil(total / spe))
-    strategy = strategy or get_strategy()
     replicas = strategy.num_replicas_in_sync
     ds = rgz_dataset(root, "train", image_size=cfg.input_size, batch_size=replicas, seed=cfg.seed, repeat=True)
     with strategy.scope():
@@ -196,14 +219,26 @@ def train(
         spe,
         describe_strategy(strategy)["strategy"],
     )
-    backup = out / "backup"
+    fingerprint = {
+        "study": "claran", "dataset": dataset.upper(), "data": str(root), "n_train": n_train, "preset": preset,
+        "config": cfg.to_dict(), "steps": epochs * spe, "steps_per_epoch": spe, "replicas": replicas,
+        "vgg_weights": str(vgg_weights) if vgg_weights else None,
+    }
+    backup = BackupAndResume(worker_backup_dir(backup_root, strategy) / "fit", save_freq=backup_every or "epoch", fingerprint=fingerprint)
     cbs = [
-        keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch", delete_checkpoint=True),
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=backup.exists()),
+        backup,
+        ResumableCSVLogger(out / "history.csv"),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, update_freq="epoch"),
+        *callbacks,
     ]
-    hist = detector.fit(ds, epochs=epochs, steps_per_epoch=spe, callbacks=cbs, verbose=1 if progress else 2, shuffle=False)
-    history = _read_history(out / "history.csv") or {k: [float(x) for x in v] for k, v in hist.history.items()}
+    with worker_failures(backup_root):
+        hist = detector.fit(ds, epochs=epochs, steps_per_epoch=spe, callbacks=cbs, verbose=1 if progress else 2, shuffle=False)
+    history = {k: [float(x) for x in v] for k, v in hist.history.items()} or _read_history(out / "history.csv")
+    detector = local_copy(detector, strategy)  # multi-worker: a plain copy to save, export and evaluate
+    if not chief:  # the other workers' outputs would be discarded: skip the saving and the evaluation
+        remove_backup(backup_root, strategy)
+        discard_output_dir(out, final_out)
+        return {"study": "claran", "dataset": dataset.upper(), "steps": epochs * spe, "chief": False, "final_losses": {k: (history.get(k) or [None])[-1] for k in (*LOSSES, "loss")}}
     _loss_figure(history, spe, out / "figures" / "losses.png")
     detector.save(out / "model.keras")
     write_json(
@@ -238,6 +273,7 @@ def train(
     metrics["reported"] = _reported()
     metrics["versions"] = versions()
     write_json(out / "metrics.json", metrics)
+    remove_backup(backup_root, strategy)
     return metrics
 
 

@@ -839,31 +839,59 @@ def _flux_normalizer(mean: np.ndarray, scale: np.ndarray, name: str = "flux_stan
 
 
 # ------------------------------------------------------------------------------------- helpers
+@dataclass
+class _Backup:
+    """Where and how one training backs up (:class:`keras_astro.callbacks.BackupAndResume`)."""
+
+    root: Path  # the run's backup folder (every worker's part below it)
+    strategy: Any
+    fingerprint: dict
+    every: int | None  # steps between backups (also every epoch end); None: epoch ends only
+
+    @property
+    def folder(self) -> Path:
+        from keras_astro.distribute import worker_backup_dir
+
+        return worker_backup_dir(self.root, self.strategy)
+
+
 def _callbacks_and_fit(
-    model, x, y, xv, yv, *, epochs: int, batch_size: int, out: Path, progress: bool, extra=()
+    model, x, y, xv, yv, *, epochs: int, batch_size: int, out: Path, progress: bool, extra=(), backup: _Backup | None = None
 ) -> dict:
-    """``model.fit`` with the thesis's ModelCheckpoint(val_loss, save_best_only) restored at the end."""
+    """``model.fit`` with the thesis's ModelCheckpoint(val_loss, save_best_only) restored at the end.
+
+    With ``backup`` the training is resumable (kill it and call again) and multi-worker aware: the
+    best-epoch weights live in this worker's backup folder, which survives a restart, and
+    :class:`~keras_astro.callbacks.BackupAndResume` restores the weights, optimiser, epoch, the
+    checkpoint's best ``val_loss`` and the state of any ``EarlyStopping`` in ``extra``.
+    """
     import keras
 
-    ckpt = out / ".best.weights.h5"
-    cbs = [
-        keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True, save_weights_only=True),
-        keras.callbacks.CSVLogger(str(out / "history.csv")),
-        *extra,
-    ]
-    hist = model.fit(
-        x,
-        y,
-        validation_data=(xv, yv),
-        epochs=int(epochs),
-        batch_size=int(batch_size),
-        verbose=1 if progress else 0,
-        callbacks=cbs,
-        shuffle=True,
-    )
+    from keras_astro.callbacks import BackupAndResume, ResumableCSVLogger
+    from keras_astro.distribute import worker_failures
+
+    ckpt = (backup.folder if backup else out) / ".best.weights.h5"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    best = keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True, save_weights_only=True)
+    cbs = [best, ResumableCSVLogger(out / "history.csv") if backup else keras.callbacks.CSVLogger(str(out / "history.csv")), *extra]
+    if backup:
+        stateful = [c for c in extra if isinstance(c, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))]
+        cbs.insert(0, BackupAndResume(backup.folder / "fit", save_freq=backup.every or "epoch", fingerprint=backup.fingerprint, track=[best, *stateful]))
+    with worker_failures(backup.root if backup else None):
+        hist = model.fit(
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            verbose=1 if progress else 0,
+            callbacks=cbs,
+            shuffle=True,
+        )
     if ckpt.exists():
         model.load_weights(str(ckpt))
-        ckpt.unlink()
+        if not backup:  # a backup's copy goes with the backup folder when the run completes
+            ckpt.unlink()
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
@@ -1309,10 +1337,12 @@ def _train_classifier(
     progress: bool,
     splits: dict[str, np.ndarray] | None = None,
     report: bool = True,
+    backup: _Backup | None = None,
+    callbacks: Sequence = (),
 ) -> dict[str, Any]:
     import keras
 
-    from keras_astro.distribute import global_batch_size
+    from keras_astro.distribute import global_batch_size, local_copy, synchronize_batch_norm
     from keras_astro.models.mixed_input import build_mixed_input, tabular_columns
     from keras_astro.models.spectral_cnn import build_spectral_cnn
     from keras_astro.preprocess.spectra import PixelStandardiser
@@ -1334,16 +1364,20 @@ def _train_classifier(
             model = build_spectral_cnn(
                 hp, input_length=INPUT_LENGTH, n_classes=len(d.classes), space=space, flat_input=True
             )
+            synchronize_batch_norm(model, strat)
         info.update(hparams=hp, parameters=int(model.count_params()))
     else:
         cfg = mixed_config(len(d.classes), len(columns), quick=quick)
         with strat.scope():
             model = build_mixed_input(cfg, adapt_data=(tr["flux"], tr["tabular"]))
+            synchronize_batch_norm(model, strat)
         x, xv, xt = ({"flux": a["flux"], "tabular": a["tabular"]} for a in (tr, va, te))
         info.update(tabular_columns=list(columns), config=cfg.to_dict(), parameters=int(model.count_params()))
     history = _callbacks_and_fit(
-        model, x, tr["y"], xv, va["y"], epochs=epochs, batch_size=gbs, out=out, progress=progress
+        model, x, tr["y"], xv, va["y"], epochs=epochs, batch_size=gbs, out=out, progress=progress, backup=backup,
+        extra=callbacks,
     )
+    model = local_copy(model, strat)  # multi-worker: every worker predicts and saves on its own
     prob = model.predict(xt, batch_size=256, verbose=0)
     title = {"cnn": "CNN", "mixed": "Mixed-input network"}[kind] + f", {d.task}"
     if report:
@@ -1388,12 +1422,14 @@ def _train_autoencoder(
     export: bool,
     strategy,
     progress: bool,
+    backup: _Backup | None = None,
+    callbacks: Sequence = (),
 ) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from keras_astro.distribute import global_batch_size
-    from keras_astro.models.autoencoder import build_autoencoder
+    from keras_astro.distribute import global_batch_size, local_copy, synchronize_batch_norm
+    from keras_astro.models.autoencoder import build_autoencoder, encoder_from
     from keras_astro.preprocess.spectra import PixelStandardiser
 
     pix = autoencoder_pixels()
@@ -1405,6 +1441,7 @@ def _train_autoencoder(
     keras.utils.set_random_seed(seed)
     with strat.scope():
         ae, encoder = build_autoencoder(cfg)
+        synchronize_batch_norm(ae, strat)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(cfg.early_stopping_patience))
     history = _callbacks_and_fit(
         ae,
@@ -1416,8 +1453,12 @@ def _train_autoencoder(
         batch_size=global_batch_size(per_replica, strat),
         out=out,
         progress=progress,
-        extra=[stop],
+        extra=[stop, *callbacks],
+        backup=backup,
     )
+    plain = local_copy(ae, strat)  # multi-worker: every worker predicts and saves on its own
+    if plain is not ae:
+        ae, encoder = plain, encoder_from(plain)
     rec = ae.predict(xt, batch_size=256, verbose=0)
     code = encoder.predict(xt, batch_size=256, verbose=0)
     mse = np.mean((rec - xt) ** 2, axis=1)
@@ -1505,6 +1546,9 @@ def train(
     export: bool = True,
     strategy=None,
     progress: bool = True,
+    backup_dir: str | os.PathLike | None = None,
+    backup_every: int | None = None,
+    callbacks: Sequence = (),
 ) -> dict[str, Any]:
     """Train and evaluate one of the thesis's networks on one task; writes ``out/metrics.json``.
 
@@ -1539,7 +1583,14 @@ def train(
         Write ``model.keras`` and ``savedmodel/``.
     strategy
         ``tf.distribute`` strategy (default :func:`keras_astro.distribute.get_strategy`); the batch
-        size is per replica.
+        size is per replica. Under a multi-worker strategy every worker runs this function, the
+        data are sharded by batch and only the chief writes ``out`` (docs/scaling.md).
+    backup_dir, backup_every
+        Training backup (default ``out/backup``; deleted when the run completes): the same call
+        after a kill resumes from it. Backups are made at every epoch end and, with
+        ``backup_every``, every that many training steps.
+    callbacks
+        Extra Keras callbacks for the training (e.g. TensorBoard).
 
     Returns
     -------
@@ -1549,10 +1600,16 @@ def train(
     """
     import keras
 
+    from keras_astro.distribute import discard_output_dir, output_dir, remove_backup
+
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {list(MODELS)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if backup_every is not None and (isinstance(backup_every, bool) or int(backup_every) < 1):
+        raise ValueError(f"backup_every must be a positive number of steps, got {backup_every!r}")
+    strategy = _strategy(strategy)  # first: a multi-worker strategy must precede other TF ops
+    final_out = Path(out)
+    out = output_dir(final_out, strategy)
+    backup_root = Path(backup_dir) if backup_dir else final_out / "backup"
     t0 = time.perf_counter()
     st = settings(quick)
     keras.utils.set_random_seed(seed)
@@ -1568,6 +1625,14 @@ def train(
         epochs,
         per_replica,
     )
+    fingerprint = {
+        "study": "spectra", "model": model, "task": task, "quick": st["mode"], "epochs": epochs,
+        "batch_size": per_replica, "replicas": int(strategy.num_replicas_in_sync), "seed": seed,
+        "smooth_sigma": float(smooth_sigma), "drop_null": drop_null, "data": str(d.path),
+        "with_equivalent_widths": bool(with_equivalent_widths), "hparams": _hparams_key(hparams),
+        "rows": _rows_digest(d.splits),
+    }
+    backup = _Backup(backup_root, strategy, fingerprint, backup_every)
     if model == "autoencoder":
         res = _train_autoencoder(
             out,
@@ -1580,6 +1645,8 @@ def train(
             export=export,
             strategy=strategy,
             progress=progress,
+            backup=backup,
+            callbacks=callbacks,
         )
     else:
         res = _train_classifier(
@@ -1596,6 +1663,8 @@ def train(
             export=export,
             strategy=strategy,
             progress=progress,
+            backup=backup,
+            callbacks=callbacks,
         )
     metrics = _common_metrics(
         d,
@@ -1612,7 +1681,26 @@ def train(
         versions=versions(),
     )
     write_json(out / "metrics.json", metrics)
+    remove_backup(backup_root, strategy)
+    discard_output_dir(out, final_out)
     return metrics
+
+
+def _hparams_key(hparams) -> Any:
+    """The CNN point as it enters a backup's fingerprint (a file by its content)."""
+    if hparams is None or isinstance(hparams, Mapping):
+        return hparams
+    path = Path(hparams)
+    return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else str(path)
+
+
+def _rows_digest(splits: Mapping[str, np.ndarray]) -> str:
+    """SHA-1 of the split's row indices: identifies the training data in a backup."""
+    h = hashlib.sha1()
+    for name in sorted(splits):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(splits[name], dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def _reported(model: str, task: str) -> dict[str, Any] | None:
