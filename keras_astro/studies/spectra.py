@@ -1055,6 +1055,38 @@ def _write_trials(out: Path, rows: list[dict], best_id: str | None) -> tuple[Pat
     return csv, md
 
 
+def _repair_interrupted_search(oracle) -> list[str]:
+    """Make a reloaded keras-tuner oracle consistent with its trial files after a kill.
+
+    keras-tuner (1.4) writes a trial's ``trial.json`` and then ``oracle.json``. A kill between the
+    two leaves, on reload, either a new trial marked RUNNING that the oracle neither runs nor
+    retries (yet counts towards ``max_trials``: the search would end a trial short), or a trial
+    already COMPLETED that the oracle queues to run again. This queues the first kind for a retry
+    and drops the second kind from the queue. Returns what was changed (also logged).
+    """
+    trials = getattr(oracle, "trials", None)
+    queue = getattr(oracle, "_retry_queue", None)
+    if not trials or queue is None:  # a fresh search, or a keras-tuner without these internals
+        return []
+    changed = []
+    for tid, trial in sorted(trials.items()):
+        status = str(trial.status)
+        if status == "RUNNING" and tid not in queue:
+            queue.append(tid)
+            if tid not in oracle.start_order:
+                oracle.start_order.append(tid)
+            changed.append(f"trial {tid} was interrupted while starting: it will run")
+        elif status == "COMPLETED" and tid in queue:
+            queue.remove(tid)
+            if tid not in oracle.end_order:
+                oracle.end_order.append(tid)
+            changed.append(f"trial {tid} had finished: it will not run again")
+    if changed:
+        log.warning("keras-tuner project %s: %s", oracle._project_dir, "; ".join(changed))  # noqa: SLF001
+        oracle.save()
+    return changed
+
+
 def tune(
     out: str | os.PathLike,
     *,
@@ -1155,6 +1187,7 @@ def tune(
         tuner = cls(hypermodel, max_epochs=epochs, factor=3, **common)
     else:
         tuner = cls(hypermodel, max_trials=max_trials, executions_per_trial=int(ts["executions_per_trial"]), **common)
+    _repair_interrupted_search(tuner.oracle)
     before = {tid for tid, t in tuner.oracle.trials.items() if str(t.status) == "COMPLETED"}
     if before:
         log.info("resuming %s: %d finished trials in %s", project_name, len(before), directory / project_name)

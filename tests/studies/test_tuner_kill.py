@@ -140,3 +140,79 @@ def test_tune_killed_mid_trial_resumes_to_the_planned_trial_count(tmp_path):
     assert best["val_accuracy"] == max(t["score"] for t in trials.values())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_trials"] == TRIALS and metrics["max_trials"] == TRIALS
+
+
+# ------------------------------------------------- kills between keras-tuner's two state files
+def _tiny_search(folder: Path, built: list, max_trials: int = 2):
+    """A RandomSearch of a one-unit model on 32 points; ``built`` counts model builds (trial runs)."""
+    import keras
+    import keras_tuner as kt
+
+    def build(hp):
+        units = hp.Int("units", 1, 8)
+        built.append(units)
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(units), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        return model
+
+    return kt.RandomSearch(build, objective="val_loss", max_trials=max_trials, seed=0, directory=str(folder),
+                           project_name="p", overwrite=False)
+
+
+def _fit_args():
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(32, 2)).astype("float32")
+    return dict(x=x, y=x.sum(1), validation_data=(x, x.sum(1)), epochs=1, verbose=0)
+
+
+def _statuses(folder: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text())["status"] for p in sorted((folder / "p").glob("trial_*/trial.json"))}
+
+
+def test_kill_between_trial_file_and_oracle_file_is_repaired(tmp_path):
+    """keras-tuner saves ``trial.json`` before ``oracle.json``; these states are what a SIGKILL
+    between the two leaves behind, and ``spectra._repair_interrupted_search`` must make the
+    reloaded search run the started trial (else the search ends a trial short) and not re-run a
+    finished one."""
+    from keras_astro.studies.spectra import _repair_interrupted_search
+
+    built: list = []
+    tuner = _tiny_search(tmp_path, built, max_trials=1)
+    tuner.search(**_fit_args())
+    oracle_file = tmp_path / "p" / "oracle.json"
+    after_first = oracle_file.read_bytes()
+    # 1. killed while starting trial 1: its trial.json says RUNNING, oracle.json knows nothing of it
+    tuner = _tiny_search(tmp_path, built)
+    tuner.oracle.create_trial("tuner0")
+    oracle_file.write_bytes(after_first)
+    assert _statuses(tmp_path) == {"trial_0": "COMPLETED", "trial_1": "RUNNING"}
+    built.clear()
+    tuner = _tiny_search(tmp_path, built)
+    assert _repair_interrupted_search(tuner.oracle) == ["trial 1 was interrupted while starting: it will run"]
+    tuner.search(**_fit_args())
+    assert len(built) == 1 and _statuses(tmp_path) == {"trial_0": "COMPLETED", "trial_1": "COMPLETED"}
+    # without the repair the same state ends the search with trial 1 never run
+    tuner = _tiny_search(tmp_path / "unrepaired", [], max_trials=1)
+    tuner.search(**_fit_args())
+    unrepaired = tmp_path / "unrepaired" / "p" / "oracle.json"
+    saved = unrepaired.read_bytes()
+    tuner = _tiny_search(tmp_path / "unrepaired", [])
+    tuner.oracle.create_trial("tuner0")
+    unrepaired.write_bytes(saved)
+    skipped: list = []
+    _tiny_search(tmp_path / "unrepaired", skipped).search(**_fit_args())
+    assert skipped == [] and _statuses(tmp_path / "unrepaired")["trial_1"] == "RUNNING"
+
+    # 2. killed while ending a trial: trial.json says COMPLETED, oracle.json still lists it as running
+    state = json.loads(oracle_file.read_text())
+    state["ongoing_trials"] = {"tuner0": "1"}
+    state["end_order"] = [t for t in state["end_order"] if t != "1"]
+    oracle_file.write_text(json.dumps(state))
+    built.clear()
+    tuner = _tiny_search(tmp_path, built)
+    assert tuner.oracle._retry_queue == ["1"]  # noqa: SLF001 - what keras-tuner's reload did
+    assert _repair_interrupted_search(tuner.oracle) == ["trial 1 had finished: it will not run again"]
+    tuner.search(**_fit_args())
+    assert built == [] and _statuses(tmp_path) == {"trial_0": "COMPLETED", "trial_1": "COMPLETED"}
+    assert json.loads(oracle_file.read_text())["end_order"] == ["0", "1"]
