@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
     p.add_argument("--retries", type=int, default=4, help="retries per spectrum with exponential back-off (default 4)")
     p.add_argument("--data-release", type=int, default=17, help="SDSS data release (default 17)")
+    p.add_argument("--sas-url", default=None, help="Science Archive Server root (default https://data.sdss.org/sas; e.g. a mirror)")
+    p.add_argument("--shard-size", type=int, default=256, help="spectra per store shard file (default 256)")
     p = ssub.add_parser("preprocess", help="resample a store onto the FNet or thesis grid", description="Resample every spectrum onto a log-lambda grid (masked pixels interpolated and flagged), measure the 14 thesis equivalent widths, optionally smooth and FNet-normalise; streams IN to OUT.")
     p.add_argument("input", type=Path, help="input store (.h5 file or shard folder)")
     p.add_argument("--grid", choices=["fnet", "thesis", "sdss"], default="fnet", help="target grid (default fnet: 4,618 px over 360-1032.5 nm)")
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="only the stratified quick subset")
     p.add_argument("--subjects", type=_csv_list, default=None, help="comma-separated FIRST names (default: all)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--skyview-url", default=None, help="SkyView query-form URL (default: astroquery's; e.g. a mirror)")
 
     fnet = sub.add_parser("fnet", help="FNet: quasar redshifts from 4,618-pixel spectra (1-D ResNet)", description="FNet (Rastegar Nia et al.): the 24-layer 1-D ResNet with kernels 500/200/15 for quasar redshifts, trained on DR12Q-like spectra and tested on DR16Q-new and QuasarNET-failure spectra.")
     fsub = fnet.add_subparsers(dest="fnet_command", metavar="ACTION", required=True)
@@ -330,7 +333,7 @@ def _spectra(args) -> int:
         if not args.targets.is_file():
             raise FileNotFoundError(f"{args.targets}: no such targets file")
         targets = sdss.read_targets(args.targets)
-        rep = sdss.SDSSClient(data_release=args.data_release).download_spectra(targets, args.out_dir, store=args.store, workers=args.workers, retries=args.retries, progress=progress)
+        rep = sdss.SDSSClient(data_release=args.data_release, sas_base_url=args.sas_url).download_spectra(targets, args.out_dir, store=args.store, workers=args.workers, retries=args.retries, batch_size=args.shard_size, progress=progress)
         _print({k: getattr(rep, k) for k in ("n_requested", "n_downloaded", "n_skipped", "n_failed")} | {"out_dir": str(args.out_dir)})
         return 0 if rep.n_failed == 0 else 1
     elif cmd == "preprocess":
@@ -388,7 +391,7 @@ def _rgz(args) -> int:
 
         cat = rgz.load_catalogue()
         subjects = [cat[n] for n in args.subjects] if args.subjects else rgz_data.select_subjects(cat, quick=args.quick)
-        _print(SkyViewClient().fetch(subjects, args.out, workers=args.workers, progress=progress))
+        _print(SkyViewClient(url=args.skyview_url).fetch(subjects, args.out, workers=args.workers, progress=progress))
     return 0
 
 

@@ -277,8 +277,9 @@ def write_cutout(
 # the client
 
 
-def _skyview_class(timeout: float):
-    """A SkyView client that never caches (result links are temporary) and always times out."""
+def _skyview_class(timeout: float, url: str | None = None):
+    """A SkyView client that never caches (result links are temporary) and always times out;
+    ``url`` replaces astroquery's query-form address (a mirror)."""
     from astroquery.skyview import SkyViewClass
 
     class _SkyView(SkyViewClass):
@@ -288,7 +289,10 @@ def _skyview_class(timeout: float):
                 kwargs["timeout"] = timeout
             return super()._request(method, url, **kwargs)
 
-    return _SkyView()
+    sv = _SkyView()
+    if url:
+        sv.URL = url
+    return sv
 
 
 class SkyViewClient:
@@ -305,6 +309,8 @@ class SkyViewClient:
         Seconds to wait for SkyView per HTTP request.
     sleep
         Function used to wait between attempts (for tests).
+    url
+        SkyView's query-form URL (default: astroquery's, ``SkyViewClass.URL``), e.g. a mirror.
     """
 
     def __init__(
@@ -314,6 +320,7 @@ class SkyViewClient:
         backoff: float = 2.0,
         timeout: float = 60,
         sleep: Callable[[float], None] = time.sleep,
+        url: str | None = None,
     ) -> None:
         if retries < 1:
             raise ValueError(f"retries must be >= 1, got {retries}")
@@ -324,6 +331,9 @@ class SkyViewClient:
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.timeout = float(timeout)
+        if url is not None and not str(url).startswith(("http://", "https://")):
+            raise ValueError(f"SkyView URL must start with http:// or https://, got {url!r}")
+        self.url = url
         self._sleep = sleep
         self._local = threading.local()
         g = _rgz_spec()["subject"]
@@ -335,7 +345,7 @@ class SkyViewClient:
     def _skyview(self):
         sv = getattr(self._local, "skyview", None)
         if sv is None:
-            sv = self._local.skyview = _skyview_class(self.timeout)
+            sv = self._local.skyview = _skyview_class(self.timeout, self.url)
         return sv
 
     def _existing(self, path: Path, name: str) -> bool:

@@ -2,16 +2,10 @@
 
 Run as ``python tests/io/kill_download_cli.py <keras-astro arguments>``, e.g.
 ``spectra download targets.csv --out-dir DIR --store STORE`` or ``rgz fetch --out DIR``. It runs
-the real command (:func:`keras_astro.cli.main`) after applying what the environment asks for —
-the seams the command line does not offer:
+the real command (:func:`keras_astro.cli.main`) after installing, if the environment asks for it,
+a point where the run pauses to be killed (the archive addresses and the shard size are the
+command's own ``--sas-url``, ``--skyview-url`` and ``--shard-size``):
 
-``KILL_SAS_URL``
-    Science Archive Server root used by ``spectra download`` (``sas.base_url`` of
-    ``data_specs/sdss_query.yaml``).
-``KILL_SKYVIEW_URL``
-    SkyView query-form URL used by ``rgz fetch`` (astroquery's ``SkyViewClass.URL``).
-``KILL_BATCH_SIZE``
-    Spectra per store shard of ``spectra download`` (the command always uses 256).
 ``KILL_PAUSE`` and ``KILL_MARKER``
     ``shard:N`` — stop inside the N-th store shard write, after its rows are in the temporary
     file and before it is renamed into place; ``cutout:N`` — after the N-th cutout file is
@@ -81,20 +75,6 @@ def _install_pause(spec: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if os.environ.get("KILL_SAS_URL"):
-        from keras_astro import specs
-
-        specs.load_spec("sdss_query")["sas"]["base_url"] = os.environ["KILL_SAS_URL"]  # the cached dict
-    if os.environ.get("KILL_SKYVIEW_URL"):
-        from astroquery.skyview import SkyViewClass
-
-        SkyViewClass.URL = os.environ["KILL_SKYVIEW_URL"]
-    if os.environ.get("KILL_BATCH_SIZE"):
-        from keras_astro.io import sdss
-
-        sdss.SDSSClient.download_spectra = functools.partialmethod(
-            sdss.SDSSClient.download_spectra, batch_size=int(os.environ["KILL_BATCH_SIZE"])
-        )
     if os.environ.get("KILL_PAUSE"):
         _install_pause(os.environ["KILL_PAUSE"])
 

@@ -3,7 +3,8 @@
 Each test serves real-format files from a local HTTP server (127.0.0.1, a free port, its own
 thread; every answer delayed so the download is still running when it is killed) and runs the
 real ``keras-astro`` command in a subprocess — ``spectra download`` or ``rgz fetch``, through
-``tests/io/kill_download_cli.py``, which only points the command at the local server. The
+``tests/io/kill_download_cli.py``, which only adds the points where a run pauses to be killed
+(the local server is given with ``--sas-url`` / ``--skyview-url``). The
 subprocess's process group is SIGKILLed twice — first once some but not all objects are on
 disk, then (in the restarted run) while a store shard or cutout file sits written but not yet
 renamed — and the same command is run a third time to the end. The tests check that every
@@ -200,7 +201,8 @@ def test_kill_spectra_download_twice_then_finish_stores_each_spectrum_once(archi
     with LocalServer(route, lambda path: DELAY) as server:
         cmd = [sys.executable, str(HELPER), "--no-progress", "spectra", "download", str(targets_csv)]
         cmd += ["--out-dir", str(out), "--store", str(store), "--workers", "2", "--retries", "1"]
-        env = _env(KILL_SAS_URL=f"{server.url}/sas", KILL_BATCH_SIZE="3")
+        cmd += ["--sas-url", f"{server.url}/sas", "--shard-size", "3"]
+        env = _env()
         (k1, k2), report = _killed_runs_then_finish(
             tmp_path, server, cmd, env, [(None, ready), ("shard:1", None)], on_disk
         )
@@ -315,8 +317,8 @@ def test_kill_rgz_fetch_twice_then_finish_fetches_each_cutout_once(tmp_path):
 
     with LocalServer(route, lambda path: 0.0 if path.endswith("basicform.pl") else DELAY) as server:
         cmd = [sys.executable, str(HELPER), "--no-progress", "rgz", "fetch", "--out", str(out)]
-        cmd += ["--subjects", ",".join(names), "--workers", "2"]
-        env = _env(KILL_SKYVIEW_URL=f"{server.url}/current/cgi/basicform.pl")
+        cmd += ["--subjects", ",".join(names), "--workers", "2", "--skyview-url", f"{server.url}/current/cgi/basicform.pl"]
+        env = _env()
         (k1, k2), summary = _killed_runs_then_finish(
             tmp_path, server, cmd, env, [(None, ready), ("cutout:2", None)], on_disk
         )

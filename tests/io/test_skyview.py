@@ -271,6 +271,11 @@ def test_client_arguments_are_checked():
         SkyViewClient(backoff=-1)
     with pytest.raises(ValueError, match="timeout"):
         SkyViewClient(timeout=0)
+    with pytest.raises(ValueError, match="must start with http"):
+        SkyViewClient(url="ftp://mirror/basicform.pl")
+    mirror = "http://mirror.example/current/cgi/basicform.pl"
+    assert SkyViewClient(url=mirror)._skyview().URL == mirror  # noqa: SLF001 - the per-thread client
+    assert SkyViewClient()._skyview().URL.startswith("https://skyview")  # noqa: SLF001 - astroquery's default
 
 
 # ------------------------------------------------------------------------------------------
