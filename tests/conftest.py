@@ -26,3 +26,31 @@ def raw_photometry(rng) -> np.ndarray:
     miss = rng.random((60, 44)) < 0.4
     x[miss] = np.nan
     return x
+
+
+
+def _notebook_runner():
+    """``tests/notebook_runner.py``, loaded once (one module object for the hook and the tests)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "keras_astro_tests_notebook_runner"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "notebook_runner.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def pytest_collection_finish(session) -> None:
+    """Start the notebooks in the background as soon as their tests are known to run, so they
+    overlap with the rest of the suite (``tests/notebook_runner.py``)."""
+    if any("test_notebooks.py::test_notebook_runs" in item.nodeid for item in session.items):
+        _notebook_runner().start()
+
+
+@pytest.fixture(scope="session")
+def notebook_runner():
+    return _notebook_runner()
