@@ -180,6 +180,39 @@ def _resumed(log: str, stage: str) -> tuple[int, int] | str:
     return "done" if m.group(1).startswith("training") else (int(m.group(2)), int(m.group(3)))
 
 
+def _kill_when_backed_up_then_restart(tmp_path: Path, runs: dict, done_files: list[Path]) -> tuple[dict, dict]:
+    """Start every run's command, SIGKILL each once its backup state satisfies its condition,
+    check none of ``done_files`` exists yet, start the same commands again and wait for them.
+    ``runs``: name -> (command, backup folder, condition on the backup state). Returns the backup
+    state each run was killed at and the restarted runs' logs."""
+    env = mw.quiet_env()
+    killed: dict[str, dict] = {}
+    logs: dict[str, str] = {}
+    with mw.Procs(tmp_path / "logs") as procs:
+        for name, (cmd, _, _) in runs.items():
+            procs.start(f"{name}-first", cmd, env)
+
+        def kill_ready():  # kill each first run as soon as its backup is far enough
+            for name, (_, folder, condition) in runs.items():
+                state = mw.latest_backup(folder)
+                if name not in killed and state and condition(state):
+                    procs.kill(f"{name}-first")
+                    killed[name] = state
+            for name in runs:
+                if name not in killed and procs.procs[f"{name}-first"].poll() is not None:
+                    raise AssertionError(f"{name} ended before it could be killed\n" + procs.log(f"{name}-first"))
+            return len(killed) == len(runs)
+
+        mw.wait_for(kill_ready, PHASE_TIMEOUT, "every run to back up mid-training", poll=0.05)
+        assert not [f for f in done_files if f.exists()]
+        for name, (cmd, _, _) in runs.items():
+            procs.start(f"{name}-again", cmd, env)
+        for name in runs:
+            assert procs.wait(f"{name}-again", PHASE_TIMEOUT) == 0, procs.log(f"{name}-again")
+            logs[name] = procs.log(f"{name}-again", tail=200000)
+    return killed, logs
+
+
 def test_kill_agn_cv_and_fnet_train_then_resume(tmp_path):
     """The real commands, SIGKILLed mid-training and started again (both studies run side by side
     to halve the wall time):
@@ -200,32 +233,9 @@ def test_kill_agn_cv_and_fnet_train_then_resume(tmp_path):
                       "--no-baseline", "--no-export", "--backup-every", "2", "--out", str(tmp_path / "fnet")),
                  tmp_path / "fnet" / "backup", lambda s: s["epoch"] >= 1 and s["step"] > 0 and not s["done"]),
     }
-    env = mw.quiet_env()
-    killed: dict[str, dict] = {}
-    logs: dict[str, str] = {}
-    with mw.Procs(tmp_path / "logs") as procs:
-        for name, (cmd, _, _) in runs.items():
-            procs.start(f"{name}-first", cmd, env)
-
-        def kill_ready():  # kill each first run as soon as its backup is far enough
-            for name, (_, folder, condition) in runs.items():
-                state = mw.latest_backup(folder)
-                if name not in killed and state and condition(state):
-                    procs.kill(f"{name}-first")
-                    killed[name] = state
-            for name in runs:
-                proc = procs.procs[f"{name}-first"]
-                if name not in killed and proc.poll() is not None:
-                    raise AssertionError(f"{name} ended before it could be killed\n" + procs.log(f"{name}-first"))
-            return len(killed) == len(runs)
-
-        mw.wait_for(kill_ready, PHASE_TIMEOUT, "both runs to back up mid-training", poll=0.05)
-        assert not (tmp_path / "agn" / "metrics.json").exists() and not (tmp_path / "fnet" / "metrics.json").exists()
-        for name, (cmd, _, _) in runs.items():
-            procs.start(f"{name}-again", cmd, env)
-        for name in runs:
-            assert procs.wait(f"{name}-again", PHASE_TIMEOUT) == 0, procs.log(f"{name}-again")
-            logs[name] = procs.log(f"{name}-again", tail=200000)
+    killed, logs = _kill_when_backed_up_then_restart(
+        tmp_path, runs, [tmp_path / "agn" / "metrics.json", tmp_path / "fnet" / "metrics.json"]
+    )
 
     # AGN: fold 1 restored, fold 2 continued, 40 epochs each
     assert _resumed(logs["agn"], "fold-0") == "done"
@@ -238,6 +248,8 @@ def test_kill_agn_cv_and_fnet_train_then_resume(tmp_path):
     assert resumed != "done" and resumed >= (killed["fnet"]["epoch"] + 1, killed["fnet"]["step"]), (resumed, killed["fnet"])
     with open(tmp_path / "fnet" / "history.csv") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1]
+    import keras_astro.models.fnet  # noqa: F401 - registers FNet's layers
+
     model = keras.saving.load_model(tmp_path / "fnet" / "model.keras")
     assert int(model.optimizer.iterations) == 2 * 7
     assert len(json.loads((tmp_path / "fnet" / "metrics.json").read_text())["history"]["loss"]) == 2
@@ -268,31 +280,9 @@ def test_kill_spectra_train_and_claran_train_then_resume(tmp_path):
                         "--out", str(tmp_path / "claran")),
                    tmp_path / "claran" / "backup", lambda s: s["step"] >= 4 and not s["done"]),
     }
-    env = mw.quiet_env()
-    killed: dict[str, dict] = {}
-    logs: dict[str, str] = {}
-    with mw.Procs(tmp_path / "logs") as procs:
-        for name, (cmd, _, _) in runs.items():
-            procs.start(f"{name}-first", cmd, env)
-
-        def kill_ready():
-            for name, (_, folder, condition) in runs.items():
-                state = mw.latest_backup(folder)
-                if name not in killed and state and condition(state):
-                    procs.kill(f"{name}-first")
-                    killed[name] = state
-            for name in runs:
-                if name not in killed and procs.procs[f"{name}-first"].poll() is not None:
-                    raise AssertionError(f"{name} ended before it could be killed\n" + procs.log(f"{name}-first"))
-            return len(killed) == len(runs)
-
-        mw.wait_for(kill_ready, PHASE_TIMEOUT, "both runs to back up mid-epoch", poll=0.05)
-        assert not (tmp_path / "spectra" / "metrics.json").exists() and not (tmp_path / "claran" / "model.keras").exists()
-        for name, (cmd, _, _) in runs.items():
-            procs.start(f"{name}-again", cmd, env)
-        for name in runs:
-            assert procs.wait(f"{name}-again", PHASE_TIMEOUT) == 0, procs.log(f"{name}-again")
-            logs[name] = procs.log(f"{name}-again", tail=200000)
+    killed, logs = _kill_when_backed_up_then_restart(
+        tmp_path, runs, [tmp_path / "spectra" / "metrics.json", tmp_path / "claran" / "model.keras"]
+    )
 
     for name in runs:  # resumed where the backup was, not from scratch
         resumed = _resumed(logs[name], "fit")
